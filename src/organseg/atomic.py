@@ -1,0 +1,40 @@
+"""Atomic file writes: a file appears under its final name complete, or not at all."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+# Suffixes that image writers (and we) recognise by the end of the name, longest first.
+_COMPOUND_SUFFIXES = (".nii.gz", ".tar.gz")
+
+
+def split_suffix(path: Path) -> tuple[str, str]:
+    """Split a file name into stem and suffix, keeping compound suffixes like .nii.gz whole."""
+    name = path.name
+    for suffix in _COMPOUND_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)], name[-len(suffix) :]
+    return path.stem, path.suffix
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it to `path` if the block succeeds.
+
+    The temporary name keeps the suffix (image writers choose the format by it) and starts
+    with a dot, so a crash or a full disk leaves no file under the final name, and the
+    partial file is removed when the block raises.
+    """
+    final = Path(path)
+    stem, suffix = split_suffix(final)
+    temporary = final.with_name(f".{stem}.partial-{secrets.token_hex(4)}{suffix}")
+    try:
+        yield temporary
+        os.replace(temporary, final)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()

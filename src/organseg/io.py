@@ -1,0 +1,274 @@
+"""Reading CT images and label maps, writing label maps: the only module that knows SimpleITK.
+
+Arrays are indexed [i, j, k] in the image's index order (see `organseg.geometry`):
+SimpleITK's GetArrayFromImage gives [k, j, i], so every array crossing this module is
+transposed here and nowhere else.
+
+Reads are checked before they are trusted: SimpleITK fills a truncated NIfTI with zeros
+without complaint, so NIfTI data size and gzip streams are verified first.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from organseg.atomic import atomic_write
+from organseg.errors import InputError
+from organseg.geometry import Geometry
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+# Voxel sizes outside this range are header errors (metres written as mm, etc.), not CT.
+SANE_SPACING_MM = (0.05, 20.0)
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """A 3D array indexed [i, j, k] and the geometry that places it in the patient."""
+
+    array: np.ndarray
+    geometry: Geometry
+
+    def __post_init__(self) -> None:
+        if tuple(self.array.shape) != self.geometry.shape:
+            raise ValueError(f"array shape {self.array.shape} does not match geometry shape {self.geometry.shape}")
+
+
+def is_image_path(path: Path) -> bool:
+    """True for file names with a suffix organseg reads."""
+    return path.name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def image_stem(path: Path) -> str:
+    """The file name without its image suffix ('case_0000' for 'case_0000.nii.gz')."""
+    name = path.name
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def read_image(path: str | Path) -> Volume:
+    """Read a CT image (NIfTI, NRRD, MetaImage or a DICOM series folder) in HU.
+
+    DICOM rescale slope and intercept are applied, so values are Hounsfield units.
+    Raises InputError, naming the file, for anything that is not one readable 3D image.
+    """
+    path = Path(path)
+    image = _read_dicom_series(path) if path.is_dir() else _read_file(path)
+    volume = _to_volume(image, path)
+    if volume.array.dtype.kind == "f" and not np.isfinite(volume.array).all():
+        raise InputError(f"{path}: image has NaN or infinite intensities; fix or remove the file")
+    return volume
+
+
+def read_label(path: str | Path) -> Volume:
+    """Read a label map as an integer array; non-integer values are refused."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; a label map must be one image file")
+    volume = _to_volume(_read_file(path), path)
+    array = volume.array
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all() or not np.array_equal(array, np.round(array)):
+            raise InputError(f"{path}: label map has non-integer values; labels must be whole numbers")
+        array = array.astype(np.int32)
+    if array.size and array.min() < 0:
+        raise InputError(f"{path}: label map has negative values ({array.min()}); labels must be >= 0")
+    return Volume(array, volume.geometry)
+
+
+def write_volume(volume: Volume, path: str | Path, compress: bool = True) -> None:
+    """Write a volume atomically with exactly its geometry; the suffix picks the format."""
+    path = Path(path)
+    if not is_image_path(path) or path.name.lower().endswith(".dcm"):
+        raise InputError(f"{path}: cannot write this format; use .nii.gz, .nii, .nrrd or .mha")
+    array = np.ascontiguousarray(volume.array.transpose(2, 1, 0))
+    image = sitk.GetImageFromArray(array)
+    geometry = volume.geometry
+    image.SetSpacing(geometry.spacing_mm)
+    image.SetOrigin(geometry.origin_mm)
+    image.SetDirection(geometry.direction)
+    if not path.parent.is_dir():
+        raise InputError(f"{path}: output folder {path.parent} does not exist; create it first")
+    with atomic_write(path) as temporary:
+        try:
+            sitk.WriteImage(image, str(temporary), useCompression=compress)
+        except RuntimeError as error:
+            raise OSError(f"{path}: could not write ({_itk_reason(error)})") from None
+
+
+def write_label(labels: np.ndarray, geometry: Geometry, path: str | Path) -> None:
+    """Write a label map on `geometry` (uint8, or uint16 past 255 labels), atomically."""
+    labels = np.asarray(labels)
+    if labels.shape != geometry.shape:
+        raise ValueError(f"label map shape {labels.shape} does not match geometry shape {geometry.shape}")
+    dtype = np.uint8 if labels.size == 0 or labels.max() < 256 else np.uint16
+    write_volume(Volume(labels.astype(dtype, copy=False), geometry), path)
+
+
+def _read_file(path: Path) -> sitk.Image:
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder; check the path")
+    if not path.is_file():
+        raise InputError(f"{path}: not a regular file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: file is empty; re-export or remove it")
+    name = path.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        _check_nifti_complete(path)
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        raise InputError(f"{path}: not a readable image ({_itk_reason(error)})") from None
+
+
+def _read_dicom_series(folder: Path) -> sitk.Image:
+    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not series_ids:
+        raise InputError(f"{folder}: folder holds no DICOM series; give an image file or a DICOM series folder")
+    if len(series_ids) > 1:
+        raise InputError(
+            f"{folder}: folder holds {len(series_ids)} DICOM series; put each series in its own folder"
+        )
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_ids[0]))
+    reader.MetaDataDictionaryArrayUpdateOn()
+    try:
+        image = reader.Execute()
+    except RuntimeError as error:
+        raise InputError(f"{folder}: DICOM series could not be read ({_itk_reason(error)})") from None
+    _check_slice_positions(reader, folder)
+    return image
+
+
+def _check_slice_positions(reader: sitk.ImageSeriesReader, folder: Path) -> None:
+    """Refuse a series with a missing or duplicated slice (uneven slice positions)."""
+    count = len(reader.GetFileNames())
+    if count < 2:
+        return
+    try:
+        orientation = np.array(reader.GetMetaData(0, "0020|0037").split("\\"), dtype=float)
+        positions = np.array([reader.GetMetaData(s, "0020|0032").split("\\") for s in range(count)], dtype=float)
+    except (RuntimeError, ValueError):
+        raise InputError(f"{folder}: DICOM slices lack position or orientation tags; cannot stack them") from None
+    normal = np.cross(orientation[:3], orientation[3:])
+    steps = np.diff(np.sort(positions @ normal))
+    typical = float(np.median(steps))
+    if typical <= 1e-3:
+        raise InputError(f"{folder}: DICOM series has slices at the same position; remove duplicate files")
+    uneven = np.flatnonzero(np.abs(steps - typical) > 0.1 * typical + 1e-3)
+    if uneven.size:
+        first = int(uneven[0])
+        raise InputError(
+            f"{folder}: DICOM slice positions are uneven (slices {first} and {first + 1} are "
+            f"{steps[first]:.2f} mm apart, typical {typical:.2f} mm): a slice is missing or duplicated"
+        )
+
+
+def _to_volume(image: sitk.Image, path: Path) -> Volume:
+    image = _as_scalar_3d(image, path)
+    spacing = image.GetSpacing()
+    low, high = SANE_SPACING_MM
+    if not all(low <= s <= high for s in spacing):
+        raise InputError(
+            f"{path}: voxel spacing {tuple(round(s, 4) for s in spacing)} mm is outside "
+            f"{low}-{high} mm; fix the header's spacing"
+        )
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
+        raise InputError(f"{path}: direction cosines are not orthonormal; fix the header")
+    geometry = Geometry(image.GetSize(), spacing, image.GetOrigin(), image.GetDirection())
+    # Keep a reference to `image` until the copy is made: a view of a freed image crashes.
+    array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+    return Volume(array, geometry)
+
+
+def _as_scalar_3d(image: sitk.Image, path: Path) -> sitk.Image:
+    """Return a scalar 3D image: drop a trailing 4th axis of length 1, refuse the rest."""
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(
+            f"{path}: image has {image.GetNumberOfComponentsPerPixel()} values per voxel; "
+            "organseg needs a single-channel CT"
+        )
+    size = image.GetSize()
+    if image.GetDimension() == 4 and size[3] == 1:
+        image = sitk.Extract(image, (*size[:3], 0), (0, 0, 0, 0))
+    elif image.GetDimension() == 4:
+        raise InputError(f"{path}: 4D image with {size[3]} volumes; give one 3D CT volume per file")
+    elif image.GetDimension() != 3:
+        raise InputError(f"{path}: {image.GetDimension()}D image; organseg needs a 3D CT volume")
+    if min(image.GetSize()) < 2:
+        raise InputError(f"{path}: image of size {image.GetSize()} is a single slice; organseg needs a 3D CT volume")
+    return image
+
+
+# NIfTI-1/-2 header fields: (header size, dim offset, dim type, datatype offset, bitpix offset,
+# vox_offset offset, vox_offset type), from the NIfTI-1 and NIfTI-2 specifications.
+_NIFTI_LAYOUTS = {348: (40, "8h", 70, 72, 108, "f"), 540: (16, "8q", 12, 14, 168, "q")}
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """Refuse a NIfTI whose (decompressed) data is shorter than its header says."""
+    compressed = path.name.lower().endswith(".gz")
+    try:
+        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as stream:
+            header = stream.read(540)
+    except (OSError, EOFError, zlib.error) as error:
+        raise InputError(f"{path}: not a readable gzip file ({error}); re-export or remove it") from None
+    expected = _nifti_expected_size(header, path)
+    actual = _gzip_data_size(path) if compressed else path.stat().st_size
+    if actual < expected:
+        raise InputError(
+            f"{path}: file is truncated ({actual} of {expected} bytes of image data); re-copy or re-export it"
+        )
+
+
+def _nifti_expected_size(header: bytes, path: Path) -> int:
+    for endian in "<>":
+        if len(header) >= 4 and struct.unpack(endian + "i", header[:4])[0] in _NIFTI_LAYOUTS:
+            break
+    else:
+        raise InputError(f"{path}: not a NIfTI file (bad header size); re-export or remove it")
+    size = struct.unpack(endian + "i", header[:4])[0]
+    if len(header) < size:
+        raise InputError(f"{path}: NIfTI header is cut short; re-export or remove it")
+    dim_at, dim_type, _, bitpix_at, offset_at, offset_type = _NIFTI_LAYOUTS[size]
+    dims = struct.unpack_from(endian + dim_type, header, dim_at)
+    bitpix = struct.unpack_from(endian + "h", header, bitpix_at)[0]
+    vox_offset = struct.unpack_from(endian + offset_type, header, offset_at)[0]
+    ndim = dims[0]
+    if not 1 <= ndim <= 7 or any(d < 1 for d in dims[1 : ndim + 1]) or bitpix <= 0 or bitpix % 8:
+        raise InputError(
+            f"{path}: NIfTI header has impossible dimensions {tuple(dims[1:ndim + 1])} "
+            f"or bits per voxel {bitpix}; re-export the file"
+        )
+    voxels = int(np.prod([int(d) for d in dims[1 : ndim + 1]], dtype=object))
+    return int(max(vox_offset, size)) + voxels * bitpix // 8
+
+
+def _gzip_data_size(path: Path) -> int:
+    """Decompressed size of a gzip file, reading it through so its checksum is verified."""
+    total = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            while chunk := stream.read(1 << 22):
+                total += len(chunk)
+    except EOFError:
+        raise InputError(f"{path}: file is truncated (gzip stream ends early); re-copy or re-export it") from None
+    except (OSError, zlib.error) as error:
+        raise InputError(f"{path}: file is corrupt ({error}); re-copy or re-export it") from None
+    return total
+
+
+def _itk_reason(error: RuntimeError) -> str:
+    """The informative last line of an ITK exception, without source paths."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Exception thrown", "/"))]
+    return (useful or lines or ["unknown error"])[-1][:200]

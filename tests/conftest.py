@@ -1,0 +1,43 @@
+"""Shared fixtures: where the real CT lies, and tiny synthetic volumes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from organseg.geometry import Geometry
+from organseg.io import Volume
+
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """The folder of small real CT volumes beside the checkout (skips if absent)."""
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"real CT folder not found at {REAL_DATA}")
+    return REAL_DATA
+
+
+def make_volume(
+    shape=(32, 28, 20),
+    spacing_mm=(0.8, 0.9, 2.5),
+    origin_mm=(-12.5, 30.0, 7.25),
+    direction=(0, -1, 0, 1, 0, 0, 0, 0, -1),
+    seed: int = 0,
+    labels: int = 0,
+) -> Volume:
+    """A small anisotropic, non-canonically oriented volume: CT-like noise, or blob labels."""
+    rng = np.random.default_rng(seed)
+    geometry = Geometry(shape, spacing_mm, origin_mm, direction)
+    if not labels:
+        return Volume(rng.normal(40, 30, shape).round().astype(np.int16), geometry)
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1)
+    array = np.zeros(shape, np.uint8)
+    for label in range(1, labels + 1):
+        centre = rng.uniform(0.2, 0.8, 3) * np.asarray(shape)
+        radius = rng.uniform(0.12, 0.25) * min(shape)
+        array[np.linalg.norm(grid - centre, axis=-1) < radius] = label
+    return Volume(array, geometry)
