@@ -177,4 +177,3 @@ def _run_demo(args: argparse.Namespace) -> None:
     from organseg.demo import run_demo
 
     run_demo(args.out, seed=args.seed, quick=args.quick)
-

@@ -100,7 +100,11 @@ class Geometry:
         found = []
         if self.shape != other.shape:
             found.append(f"shape {self.shape} vs {other.shape}")
-        for field, tolerance in (("spacing_mm", tolerance_mm), ("origin_mm", tolerance_mm), ("direction", tolerance_cos)):
+        for field, tolerance in (
+            ("spacing_mm", tolerance_mm),
+            ("origin_mm", tolerance_mm),
+            ("direction", tolerance_cos),
+        ):
             mine, theirs = getattr(self, field), getattr(other, field)
             if not np.allclose(mine, theirs, rtol=0, atol=tolerance):
                 found.append(f"{field.removesuffix('_mm')} {_rounded(mine)} vs {_rounded(theirs)}")

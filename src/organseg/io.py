@@ -134,9 +134,7 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
     if not series_ids:
         raise InputError(f"{folder}: folder holds no DICOM series; give an image file or a DICOM series folder")
     if len(series_ids) > 1:
-        raise InputError(
-            f"{folder}: folder holds {len(series_ids)} DICOM series; put each series in its own folder"
-        )
+        raise InputError(f"{folder}: folder holds {len(series_ids)} DICOM series; put each series in its own folder")
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_ids[0]))
     reader.MetaDataDictionaryArrayUpdateOn()
@@ -209,28 +207,65 @@ def _as_scalar_3d(image: sitk.Image, path: Path) -> sitk.Image:
     return image
 
 
-# NIfTI-1/-2 header fields: (header size, dim offset, dim type, datatype offset, bitpix offset,
-# vox_offset offset, vox_offset type), from the NIfTI-1 and NIfTI-2 specifications.
+# NIfTI-1/-2 header fields: (dim offset, dim type, datatype offset, bitpix offset,
+# vox_offset offset, vox_offset type) by header size, from the NIfTI-1 and NIfTI-2 specifications.
 _NIFTI_LAYOUTS = {348: (40, "8h", 70, 72, 108, "f"), 540: (16, "8q", 12, 14, 168, "q")}
+_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32 and float64
+_CHUNK_BYTES = 1 << 22
+
+
+@dataclass(frozen=True)
+class _NiftiLayout:
+    data_offset: int
+    data_bytes: int
+    float_dtype: np.dtype | None  # set when voxel values must be checked for NaN/Inf
 
 
 def _check_nifti_complete(path: Path) -> None:
-    """Refuse a NIfTI whose (decompressed) data is shorter than its header says."""
+    """Read a NIfTI's data through once: refuse truncation, corruption and NaN/Inf values.
+
+    ITK fills a truncated NIfTI with zeros and reads NaN as 0, so neither shows after
+    SimpleITK's read; a gzip stream read to its end also verifies its checksum.
+    """
     compressed = path.name.lower().endswith(".gz")
     try:
-        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as stream:
+        with gzip.open(path, "rb") if compressed else open(path, "rb") as stream:
             header = stream.read(540)
-    except (OSError, EOFError, zlib.error) as error:
-        raise InputError(f"{path}: not a readable gzip file ({error}); re-export or remove it") from None
-    expected = _nifti_expected_size(header, path)
-    actual = _gzip_data_size(path) if compressed else path.stat().st_size
-    if actual < expected:
+            layout = _nifti_layout(header, path)
+            total = len(header) + _scan_data(stream, header, layout, path)
+    except EOFError:
+        raise InputError(f"{path}: file is truncated (gzip stream ends early); re-copy or re-export it") from None
+    except (OSError, zlib.error) as error:
+        raise InputError(f"{path}: file is corrupt ({error}); re-copy or re-export it") from None
+    expected = layout.data_offset + layout.data_bytes
+    if total < expected:
         raise InputError(
-            f"{path}: file is truncated ({actual} of {expected} bytes of image data); re-copy or re-export it"
+            f"{path}: file is truncated ({total} of {expected} bytes of image data); re-copy or re-export it"
         )
 
 
-def _nifti_expected_size(header: bytes, path: Path) -> int:
+def _scan_data(stream, header: bytes, layout: _NiftiLayout, path: Path) -> int:
+    """Read the rest of `stream`; check float voxels for NaN/Inf; return the bytes read."""
+    pending = header[layout.data_offset :] if len(header) > layout.data_offset else b""
+    skip = max(0, layout.data_offset - len(header))
+    total = 0
+    while chunk := stream.read(_CHUNK_BYTES):
+        total += len(chunk)
+        if layout.float_dtype is None:
+            continue
+        if skip:
+            dropped = min(skip, len(chunk))
+            chunk, skip = chunk[dropped:], skip - dropped
+        pending += chunk
+        usable = len(pending) - len(pending) % layout.float_dtype.itemsize
+        values = np.frombuffer(pending[:usable], dtype=layout.float_dtype)
+        if not np.isfinite(values).all():
+            raise InputError(f"{path}: image has NaN or infinite intensities; fix or remove the file")
+        pending = pending[usable:]
+    return total
+
+
+def _nifti_layout(header: bytes, path: Path) -> _NiftiLayout:
     for endian in "<>":
         if len(header) >= 4 and struct.unpack(endian + "i", header[:4])[0] in _NIFTI_LAYOUTS:
             break
@@ -239,32 +274,24 @@ def _nifti_expected_size(header: bytes, path: Path) -> int:
     size = struct.unpack(endian + "i", header[:4])[0]
     if len(header) < size:
         raise InputError(f"{path}: NIfTI header is cut short; re-export or remove it")
-    dim_at, dim_type, _, bitpix_at, offset_at, offset_type = _NIFTI_LAYOUTS[size]
+    dim_at, dim_type, datatype_at, bitpix_at, offset_at, offset_type = _NIFTI_LAYOUTS[size]
     dims = struct.unpack_from(endian + dim_type, header, dim_at)
+    datatype = struct.unpack_from(endian + "h", header, datatype_at)[0]
     bitpix = struct.unpack_from(endian + "h", header, bitpix_at)[0]
     vox_offset = struct.unpack_from(endian + offset_type, header, offset_at)[0]
     ndim = dims[0]
     if not 1 <= ndim <= 7 or any(d < 1 for d in dims[1 : ndim + 1]) or bitpix <= 0 or bitpix % 8:
         raise InputError(
-            f"{path}: NIfTI header has impossible dimensions {tuple(dims[1:ndim + 1])} "
+            f"{path}: NIfTI header has impossible dimensions {tuple(dims[1 : ndim + 1])} "
             f"or bits per voxel {bitpix}; re-export the file"
         )
     voxels = int(np.prod([int(d) for d in dims[1 : ndim + 1]], dtype=object))
-    return int(max(vox_offset, size)) + voxels * bitpix // 8
-
-
-def _gzip_data_size(path: Path) -> int:
-    """Decompressed size of a gzip file, reading it through so its checksum is verified."""
-    total = 0
-    try:
-        with gzip.open(path, "rb") as stream:
-            while chunk := stream.read(1 << 22):
-                total += len(chunk)
-    except EOFError:
-        raise InputError(f"{path}: file is truncated (gzip stream ends early); re-copy or re-export it") from None
-    except (OSError, zlib.error) as error:
-        raise InputError(f"{path}: file is corrupt ({error}); re-copy or re-export it") from None
-    return total
+    float_code = _NIFTI_FLOAT_TYPES.get(datatype)
+    return _NiftiLayout(
+        data_offset=int(max(vox_offset, size)),
+        data_bytes=voxels * bitpix // 8,
+        float_dtype=np.dtype(endian + float_code) if float_code else None,
+    )
 
 
 def _itk_reason(error: RuntimeError) -> str:

@@ -100,9 +100,7 @@ class LabelSet:
         entries = []
         for name, label in labels.items():
             if isinstance(label, list | tuple):
-                raise InputError(
-                    f"{source}: label '{name}' is a region (list of ids); organseg needs one id per organ"
-                )
+                raise InputError(f"{source}: label '{name}' is a region (list of ids); organseg needs one id per organ")
             if isinstance(label, bool) or not isinstance(label, int):
                 raise InputError(f"{source}: label '{name}' must be an integer id, got {label!r}")
             if label == 0:
@@ -133,5 +131,5 @@ def read_dataset_labels(dataset_json: Path) -> LabelSet:
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise InputError(f"{dataset_json}: not valid JSON ({error}); fix or remove the file") from None
     if not isinstance(meta, dict) or "labels" not in meta:
-        raise InputError(f"{dataset_json}: no 'labels' entry; add e.g. {{\"labels\": {{\"background\": 0, \"liver\": 1}}}}")
+        raise InputError(f'{dataset_json}: no \'labels\' entry; add e.g. {{"labels": {{"background": 0, "liver": 1}}}}')
     return LabelSet.from_mapping(meta["labels"], source=str(dataset_json))
