@@ -88,7 +88,12 @@ def _add_phantom(commands: argparse._SubParsersAction) -> None:
     command.add_argument("--test", type=int, default=0, help="held-out test cases (imagesTs/labelsTs)")
     command.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same data")
     command.add_argument(
-        "--shape", type=int, nargs=3, metavar=("X", "Y", "Z"), help="voxels per case (default: small, varied)"
+        "--shape",
+        type=int,
+        nargs=3,
+        metavar=("RL", "AP", "SI"),
+        help="voxels along the patient's right-left, front-back and foot-head axes, e.g. 512 512 100 "
+        "(stored in each case's random header axis order; default: small, varied per case)",
     )
     command.set_defaults(handler=_run_phantom)
 
@@ -151,10 +156,10 @@ def _dataset_from_args(args: argparse.Namespace):
 
 
 def _run_check(args: argparse.Namespace) -> None:
-    from organseg.dataset import summarize, validate_dataset
+    from organseg.validation import summarize, validate_dataset
 
     dataset = _dataset_from_args(args)
-    report = validate_dataset(dataset)
+    report = validate_dataset(dataset, progress=sys.stderr.isatty())
     print(summarize(dataset, report))
     if report.problems:
         raise InputError("\n".join(report.problems))

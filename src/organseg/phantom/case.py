@@ -1,0 +1,109 @@
+"""One synthetic case: sample the header, draw the anatomy, add scanner effects, reorient."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from organseg.geometry import Geometry
+from organseg.io import Volume
+from organseg.phantom import body as anatomy
+from organseg.phantom.canvas import PROTECTED, Canvas, SmoothField
+from organseg.phantom.organs import paint_organs
+from organseg.phantom.tones import sample_tones, scanner_image
+from organseg.preprocess.orientation import AxisTransform, all_axis_transforms
+
+# Default size: small, so a CPU demo can train on it.
+DEFAULT_IN_PLANE = (96, 128)
+DEFAULT_SLICES = (40, 64)
+# Model z range of the field of view: lung bases at the top to below the kidneys. The random
+# top can cut the liver dome (apex near z = 125) and the bottom the lower kidney poles (z = -90).
+TOP_Z_MM = (115, 175)
+BOTTOM_Z_MM = (-165, -75)
+MIN_SIZE = 8
+
+
+def generate_case(
+    seed: int, shape: tuple[int, int, int] | None = None, *, reorient: bool = True, drop_organs: bool = True
+) -> tuple[Volume, Volume]:
+    """One synthetic CT (int16 HU) and its label map (uint8, FLARE22 ids) on the same Geometry.
+
+    Args:
+        seed: non-negative integer; the same seed always gives the same case.
+        shape: voxels along the patient's right-left, front-back and foot-head axes (e.g.
+            (512, 512, 100)); the stored arrays hold them in the header's axis order. None
+            picks a small size per case (96-128 in-plane, 40-64 slices).
+        reorient: store the arrays in one of the 48 axis orders and flips, at random; the
+            anatomy stays where it is in world space.
+        drop_organs: leave out organs as real patients do (gallbladder in about 1 case in 5).
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    header_rng, anatomy_rng, scanner_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
+    shape = _case_shape(header_rng, shape)
+    body = anatomy.sample_body(anatomy_rng)
+    canvas = _make_canvas(anatomy_rng, shape, body)
+    tones = sample_tones(anatomy_rng)
+    _paint_background(canvas, anatomy_rng, body, tones)
+    paint_organs(canvas, anatomy_rng, body, tones, drop_organs)
+    labels = canvas.labels
+    labels[labels == PROTECTED] = 0
+    image = scanner_image(canvas.hu, scanner_rng)
+    geometry = _sample_geometry(header_rng, shape, canvas.step_mm)
+    transforms = all_axis_transforms()
+    transform = transforms[header_rng.integers(len(transforms))] if reorient else AxisTransform()
+    stored = transform.apply_geometry(geometry)
+    return (
+        Volume(np.ascontiguousarray(transform.apply(image)), stored),
+        Volume(np.ascontiguousarray(transform.apply(labels)), stored),
+    )
+
+
+def _case_shape(rng: np.random.Generator, shape) -> tuple[int, int, int]:
+    in_plane = int(rng.integers(DEFAULT_IN_PLANE[0], DEFAULT_IN_PLANE[1] + 1))
+    slices = int(rng.integers(DEFAULT_SLICES[0], DEFAULT_SLICES[1] + 1))
+    if shape is None:
+        return (in_plane, in_plane, slices)
+    if len(shape) != 3 or any(int(n) != n or n < MIN_SIZE for n in shape):
+        raise ValueError(f"shape must be three whole numbers of at least {MIN_SIZE} voxels, got {shape}")
+    return tuple(int(n) for n in shape)
+
+
+def _make_canvas(rng: np.random.Generator, shape, body: anatomy.Body) -> Canvas:
+    """Map the grid onto model space: the body fills 80-90% of the width, z spans a random crop."""
+    step_in_plane = 2 * body.half_width_mm / rng.uniform(0.8, 0.9) / shape[0]
+    top, bottom = rng.uniform(*TOP_Z_MM), rng.uniform(*BOTTOM_Z_MM)
+    step = np.array([step_in_plane, step_in_plane, (top - bottom) / shape[2]])
+    # The body lies near the centre of the field of view, a little forward of it (the table is behind).
+    centre = np.array([rng.uniform(-10, 10), rng.uniform(0, 15), (top + bottom) / 2])
+    first = centre - step * (np.asarray(shape) - 1) / 2
+    # Low-frequency bending of the whole anatomy, a few mm typical, up to about 15 mm.
+    displacement = [SmoothField(rng, shape, (4, 4, 4)) for _ in range(3)]
+    amplitude = rng.uniform(2.5, 5.0, 3)
+    texture = SmoothField(rng, shape, (24, 24, 16))
+    return Canvas(shape, first, step, displacement, amplitude, texture)
+
+
+def _paint_background(canvas: Canvas, rng: np.random.Generator, body: anatomy.Body, tones) -> None:
+    """Body wall, bones, chest, table and bowel, in the order in which they may overwrite each other."""
+    anatomy.paint_wall(canvas, body, tones)
+    anatomy.paint_back_muscles(canvas, body, tones)
+    anatomy.paint_spine(canvas, rng, body, tones)
+    anatomy.paint_ribs(canvas, rng, body, tones)
+    anatomy.paint_chest(canvas, rng, body, tones)
+    anatomy.paint_table(canvas, body, tones)
+    anatomy.paint_bowel(canvas, rng, body, tones)
+
+
+def _sample_geometry(rng: np.random.Generator, shape, step_mm: np.ndarray) -> Geometry:
+    """Canonical (identity direction) header with a random origin.
+
+    The spacing is the canvas step, so organs have their real size in mm: the field of view
+    (311-450 mm wide, 190-340 mm long) divided by the voxel counts. A full-size 512x512x100
+    case thus has 0.61-0.88 mm pixels and 1.9-3.4 mm slices; the small default cases are the
+    same anatomy on a coarser grid (2.4-4.7 mm pixels, 3-8.5 mm slices).
+    """
+    spacing = np.asarray(step_mm, dtype=np.float64)
+    # Scanners put the origin at the first voxel, roughly centring the field of view on the table axis.
+    origin = -spacing * np.asarray(shape) / 2 + np.array([rng.uniform(-30, 30), rng.uniform(-30, 30), 0.0])
+    origin[2] = rng.uniform(-700, 100)
+    return Geometry(shape, tuple(spacing), tuple(np.round(origin, 3)), (1, 0, 0, 0, 1, 0, 0, 0, 1))

@@ -1,0 +1,94 @@
+"""Write phantom cases as an nnU-Net v2 raw dataset folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from organseg.atomic import atomic_write
+from organseg.errors import InputError
+from organseg.io import write_label, write_volume
+from organseg.labels import FLARE22
+from organseg.phantom.case import generate_case
+
+# split: (image folder, label folder or None, case name pattern); the order fixes each split's seed key.
+SPLITS = {
+    "train": ("imagesTr", "labelsTr", "phantom_{:03d}"),
+    "unlabeled": ("imagesUnlabeled", None, "phantom_u{:03d}"),
+    "test": ("imagesTs", "labelsTs", "phantom_t{:03d}"),
+}
+
+
+def case_seed(seed: int, split: str, index: int) -> int:
+    """The seed of case `index` (from 1) of `split`: independent of how many cases the other splits have."""
+    key = list(SPLITS).index(split)
+    return int(np.random.SeedSequence(seed, spawn_key=(key, index)).generate_state(1, np.uint64)[0])
+
+
+def write_dataset(
+    out: Path, labeled: int, unlabeled: int, test: int, seed: int, shape: tuple[int, int, int] | None = None
+) -> Path:
+    """Write an nnU-Net v2 raw dataset; returns the folder.
+
+    The folder appears complete or not at all: cases are written to a hidden folder beside
+    `out`, which is renamed when everything is written.
+
+    Args:
+        out: folder to create; it may exist only if empty.
+        labeled, unlabeled, test: number of cases in imagesTr/labelsTr, imagesUnlabeled, imagesTs/labelsTs.
+        seed: non-negative; the same seed gives byte-identical cases.
+        shape: voxels per case (see generate_case); None for small, varied sizes.
+    """
+    out = Path(out)
+    counts = {"train": labeled, "unlabeled": unlabeled, "test": test}
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"{out}: already exists and is not empty; choose a new folder or empty this one")
+    if seed < 0 or min(counts.values()) < 0:
+        raise InputError(f"seed and case counts must be >= 0, got seed {seed}, counts {counts}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        _write_cases(staging, counts, seed, shape)
+        _write_dataset_json(staging, counts, seed)
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def _write_cases(root: Path, counts: dict[str, int], seed: int, shape) -> None:
+    jobs = [(split, index) for split, count in counts.items() for index in range(1, count + 1)]
+    for split, count in counts.items():
+        for folder in SPLITS[split][:2]:
+            if folder and count:
+                (root / folder).mkdir()
+    for split, index in tqdm(jobs, desc="phantom cases", unit="case"):
+        images, labels, pattern = SPLITS[split]
+        name = pattern.format(index)
+        image, label_map = generate_case(case_seed(seed, split, index), shape)
+        write_volume(image, root / images / f"{name}_0000.nii.gz")
+        if labels:
+            write_label(label_map.array, label_map.geometry, root / labels / f"{name}.nii.gz")
+
+
+def _write_dataset_json(root: Path, counts: dict[str, int], seed: int) -> None:
+    meta = {
+        "name": "organseg_phantom",
+        "description": f"Synthetic abdominal CT phantoms with the 13 FLARE22 organs (organseg, seed {seed})",
+        "channel_names": {"0": "CT"},
+        "labels": FLARE22.to_json(),
+        "numTraining": counts["train"],
+        "file_ending": ".nii.gz",
+        "numUnlabeled": counts["unlabeled"],
+        "numTest": counts["test"],
+    }
+    with atomic_write(root / "dataset.json") as temporary:
+        temporary.write_text(json.dumps(meta, indent=2) + "\n")

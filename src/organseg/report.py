@@ -1,0 +1,129 @@
+"""Pictures for people: label overlays on CT."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from organseg.atomic import atomic_write
+from organseg.io import Volume
+from organseg.labels import FLARE22, LabelSet
+from organseg.preprocess.orientation import canonical_transform
+
+# Soft-tissue CT window (HU): abdominal organs are told apart inside it.
+CT_WINDOW_HU = (-160.0, 240.0)
+OVERLAY_ALPHA = 0.45
+# One fixed colour per label id 1..13 (FLARE22 order), reused cyclically for larger ids.
+PALETTE = (
+    "#e6194b",  # liver
+    "#3cb44b",  # right kidney
+    "#4363d8",  # spleen
+    "#ffe119",  # pancreas
+    "#f58231",  # aorta
+    "#911eb4",  # inferior vena cava
+    "#46f0f0",  # right adrenal gland
+    "#f032e6",  # left adrenal gland
+    "#bcf60c",  # gallbladder
+    "#fabebe",  # esophagus
+    "#008080",  # stomach
+    "#e6beff",  # duodenum
+    "#aaffc3",  # left kidney
+)
+
+
+def save_overlay_png(
+    image: Volume, labels: Volume | None, path: Path, label_set: LabelSet = FLARE22, title: str | None = None
+) -> None:
+    """Draw axial, coronal and sagittal planes through the labelled organs' centre, written atomically as PNG.
+
+    Planes are shown in radiological convention whatever the header orientation: the
+    patient's right on the image's left, anterior up in the axial plane, superior up in
+    the others, with the physical aspect ratio of the voxels.
+
+    Args:
+        image: CT volume in HU.
+        labels: label map on the same grid as `image`, or None for the CT alone.
+        path: PNG file to write; its folder must exist.
+        label_set: names of the label ids for the legend.
+        title: text above the pictures.
+    """
+    from matplotlib.figure import Figure
+
+    if labels is not None and labels.geometry.shape != image.geometry.shape:
+        raise ValueError(f"label map shape {labels.geometry.shape} does not match image shape {image.geometry.shape}")
+    transform = canonical_transform(image.geometry)
+    ct = transform.apply(image.array)
+    label_map = transform.apply(labels.array) if labels is not None else np.zeros(ct.shape, np.uint8)
+    spacing = transform.apply_geometry(image.geometry).spacing_mm
+    centre = _centre(label_map)
+    panels = _planes(ct, label_map, spacing, centre)
+    widths = [panel[3] for panel in panels]
+    figure = Figure(figsize=(12, 12 * max(panel[4] for panel in panels) / sum(widths) + 1.4), dpi=120)
+    grid = figure.add_gridspec(1, 3, width_ratios=widths, left=0.01, right=0.99, top=0.9, bottom=0.14, wspace=0.04)
+    for column, (name, ct_plane, label_plane, width_mm, height_mm, marks) in enumerate(panels):
+        axes = figure.add_subplot(grid[0, column])
+        axes.imshow(
+            ct_plane, cmap="gray", vmin=CT_WINDOW_HU[0], vmax=CT_WINDOW_HU[1], extent=(0, width_mm, height_mm, 0)
+        )
+        axes.imshow(_colour(label_plane), extent=(0, width_mm, height_mm, 0), interpolation="nearest")
+        axes.set_title(name, fontsize=11)
+        axes.set_axis_off()
+        for text, (u, v) in zip(marks, ((0.02, 0.5), (0.98, 0.5), (0.5, 0.98), (0.5, 0.02))):
+            axes.text(u, v, text, transform=axes.transAxes, color="yellow", ha="center", va="center", fontsize=10)
+    _legend(figure, [panel[2] for panel in panels], label_set)
+    if title:
+        figure.suptitle(title, fontsize=12)
+    with atomic_write(path) as temporary:
+        figure.savefig(temporary, format="png")
+
+
+def _centre(label_map: np.ndarray) -> tuple[int, int, int]:
+    """Voxel index at the centre of the labelled organs' bounding box, or of the volume when there are none.
+
+    The box centre rather than the centroid: the large liver would pull the centroid away
+    from the kidneys and the pancreas.
+    """
+    centre = []
+    for axis in range(3):
+        present = np.flatnonzero(label_map.any(axis=tuple(a for a in range(3) if a != axis)))
+        centre.append((present[0] + present[-1]) // 2 if present.size else label_map.shape[axis] // 2)
+    return tuple(int(c) for c in centre)
+
+
+def _planes(ct: np.ndarray, label_map: np.ndarray, spacing, centre):
+    """(name, CT, labels, width mm, height mm, side marks) per view; arrays are canonical [L, P, S]."""
+    i, j, k = centre
+    n = ct.shape
+    # Rows run down the picture: posterior (j) in the axial view, inferior (-k) in the others.
+    return [
+        ("axial", ct[:, :, k].T, label_map[:, :, k].T, n[0] * spacing[0], n[1] * spacing[1], "RLAP"),
+        ("coronal", ct[:, j, ::-1].T, label_map[:, j, ::-1].T, n[0] * spacing[0], n[2] * spacing[2], "RLSI"),
+        ("sagittal", ct[i, :, ::-1].T, label_map[i, :, ::-1].T, n[1] * spacing[1], n[2] * spacing[2], "APSI"),
+    ]
+
+
+def _colour(label_plane: np.ndarray) -> np.ndarray:
+    """RGBA picture of a label plane: palette colours, transparent background."""
+    from matplotlib.colors import to_rgba
+
+    table = np.array([(0, 0, 0, 0)] + [to_rgba(c, OVERLAY_ALPHA) for c in PALETTE])
+    ids = np.where(label_plane > 0, (label_plane.astype(np.int64) - 1) % len(PALETTE) + 1, 0)
+    return table[ids]
+
+
+def _legend(figure, label_planes: list[np.ndarray], label_set: LabelSet) -> None:
+    """A legend of the organs that appear in the drawn planes."""
+    from matplotlib.patches import Patch
+
+    present = sorted({int(v) for plane in label_planes for v in np.unique(plane) if v > 0})
+    handles = [Patch(color=PALETTE[(v - 1) % len(PALETTE)], label=_name(label_set, v)) for v in present]
+    if handles:
+        figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), fontsize=9, frameon=False)
+
+
+def _name(label_set: LabelSet, label: int) -> str:
+    try:
+        return label_set.name(label)
+    except KeyError:
+        return f"label {label}"
