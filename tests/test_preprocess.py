@@ -173,3 +173,14 @@ def test_normalize_clips_then_z_scores_inside_the_window() -> None:
     fixed = normalize_ct(image, mean=0.0, std=100.0)
     assert np.allclose(fixed, np.clip(image, -200, 400) / 100.0)
     assert np.isfinite(normalize_ct(np.full(5, -1000))).all()
+
+
+def test_nearest_shrink_inverts_nearest_label_upsampling_for_logits() -> None:
+    rng = np.random.default_rng(7)
+    labels = torch.from_numpy(rng.integers(0, 5, (9, 7, 5)).astype(np.uint8))
+    up = resample_labels(labels, (20, 13, 11), "nearest").long()
+    one_hot = torch.nn.functional.one_hot(up, 5).permute(3, 0, 1, 2).float()
+    back = resample_image(one_hot, (9, 7, 5), shrink="nearest").argmax(0)
+    assert torch.equal(back, labels.long())
+    with pytest.raises(ValueError, match="shrink"):
+        resample_image(one_hot, (9, 7, 5), shrink="cubic")

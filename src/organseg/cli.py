@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_phantom(commands)
     _add_check(commands)
+    _add_train(commands)
+    _add_predict(commands)
+    _add_evaluate(commands)
     _add_demo(commands)
     return parser
 
@@ -163,6 +166,113 @@ def _run_check(args: argparse.Namespace) -> None:
     print(summarize(dataset, report))
     if report.problems:
         raise InputError("\n".join(report.problems))
+
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    command = _subcommand(
+        commands,
+        "train",
+        help="train the two-stage model on a dataset's labelled cases",
+        description=(
+            "Train stage 1 (whole volume, coarse grid) and stage 2 (organ region, fine grid). "
+            "Settings: a preset (cpu is the default), then a JSON config file, then --set key=value."
+        ),
+    )
+    _add_dataset_arguments(command)
+    command.add_argument("run_dir", type=Path, help="folder for the run: config, checkpoints, logs")
+    command.add_argument("--preset", choices=("cpu", "paper", "tiny"), help="settings to start from (default: cpu)")
+    command.add_argument("--config", type=Path, help="JSON file of settings applied over the preset")
+    command.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a setting, e.g. stage1.epochs=50"
+    )
+    command.add_argument("--stage", choices=("1", "2", "both"), default="both", help="which stage(s) to train")
+    command.add_argument("--resume", action="store_true", help="continue an interrupted run from its last epoch")
+    command.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    command.set_defaults(handler=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> None:
+    from organseg.config import DEFAULT_PRESET, resolve_config
+    from organseg.runs import run_training
+
+    config = None
+    if not args.resume:
+        config = resolve_config(args.preset or DEFAULT_PRESET, args.config, args.set)
+    elif args.preset or args.config or args.set:
+        raise InputError("--resume continues a run with its saved settings; drop --preset, --config and --set")
+    stages = {"1": ("stage1",), "2": ("stage2",), "both": ("stage1", "stage2")}[args.stage]
+    dataset = _dataset_from_args(args)
+    results = run_training(dataset, args.run_dir, config, stages, args.device, args.resume, sys.stderr.isatty())
+    for stage, row in results.items():
+        print(f"{stage}: {row.get('epoch', 0)} epochs, last loss {row.get('loss', float('nan')):.4f}")
+    print(f"model in {args.run_dir}; predict with: organseg predict {args.run_dir} INPUT OUTPUT")
+
+
+def _add_predict(commands: argparse._SubParsersAction) -> None:
+    command = _subcommand(
+        commands,
+        "predict",
+        help="segment CT images with a trained run",
+        description=(
+            "Segment one image file, one DICOM series folder, or a folder of images. Each label map "
+            "is written on exactly the grid of its input (shape, spacing, origin, direction)."
+        ),
+    )
+    command.add_argument("run_dir", type=Path, help="a run folder made by organseg train")
+    command.add_argument("input", type=Path, help="image file, DICOM series folder, or folder of images")
+    command.add_argument("output", type=Path, help="label map file (for one input) or folder")
+    command.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    command.set_defaults(handler=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> None:
+    from organseg.predict import run_prediction
+
+    written = run_prediction(args.run_dir, args.input, args.output, args.device, progress=sys.stderr.isatty())
+    print(f"wrote {len(written)} label map(s) to {args.output}")
+
+
+def _add_evaluate(commands: argparse._SubParsersAction) -> None:
+    command = _subcommand(
+        commands,
+        "evaluate",
+        help="score predicted label maps against ground truth (FLARE22 DSC and NSD)",
+        description=(
+            "DSC and NSD per case and organ with the FLARE22 rules: NSD tolerances per organ, "
+            "aorta, IVC and esophagus scored on the ground truth's axial slices only. Writes "
+            "metrics.csv, summary.json, summary.md, boxplot.png and volumes.csv."
+        ),
+    )
+    command.add_argument("pred_dir", type=Path, help="folder of predicted label maps")
+    command.add_argument("gt_dir", type=Path, help="folder of ground-truth label maps (same case names)")
+    command.add_argument("--out", type=Path, help="output folder (default: PRED_DIR/evaluation)")
+    command.add_argument("--dataset-json", type=Path, help="label definitions (default: FLARE22's 13 organs)")
+    command.add_argument("--workers", type=int, help="processes (default: all cores)")
+    command.add_argument(
+        "--flare-z-rule",
+        action="store_true",
+        help="reproduce FLARE22's official code exactly: it drops the last ground-truth slice of aorta, IVC "
+        "and esophagus (default: all of their slices)",
+    )
+    command.set_defaults(handler=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> None:
+    from organseg.evaluate import run_evaluation
+    from organseg.labels import read_dataset_labels
+
+    if args.workers is not None and args.workers < 1:
+        raise InputError(f"--workers must be >= 1, got {args.workers}")
+    label_set = read_dataset_labels(args.dataset_json) if args.dataset_json else None
+    out = args.out or args.pred_dir / "evaluation"
+    rule = "flare" if args.flare_z_rule else "inclusive"
+    result = run_evaluation(
+        args.pred_dir, args.gt_dir, out, label_set, None, rule, args.workers, progress=sys.stderr.isatty()
+    )
+    for warning in result.warnings:
+        print(f"organseg: warning: {warning}", file=sys.stderr)
+    print((out / "summary.md").read_text())
+    print(f"results in {out}")
 
 
 def _add_demo(commands: argparse._SubParsersAction) -> None:

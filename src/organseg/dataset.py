@@ -175,7 +175,7 @@ class _Finder:
         stems = {image_stem(path) for path in entries if is_image_path(path)}
         found, dicom_files = [], [path for path in entries if path.name.lower().endswith(".dcm")]
         for path in entries:
-            if path.is_dir() and _is_dicom_series(path):
+            if path.is_dir() and is_dicom_series(path):
                 found.append((path.name, path))
             elif path.is_file() and is_image_path(path) and path not in dicom_files and self._ending_ok(path, strict):
                 case_id = self._case_id(path, stems, strict)
@@ -240,7 +240,7 @@ class _Finder:
         return kept
 
 
-def _is_dicom_series(folder: Path) -> bool:
+def is_dicom_series(folder: Path) -> bool:
     """A folder of .dcm files, or of files with the DICOM preamble (many scanners write no suffix)."""
     files = sorted(path for path in folder.iterdir() if path.is_file() and not path.name.startswith("."))
     return any(path.name.lower().endswith(".dcm") or _has_dicom_preamble(path) for path in files[:3])

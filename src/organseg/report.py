@@ -127,3 +127,26 @@ def _name(label_set: LabelSet, label: int) -> str:
         return label_set.name(label)
     except KeyError:
         return f"label {label}"
+
+
+def save_training_curve(rows: list[dict], path: Path, title: str | None = None) -> None:
+    """Training loss and validation Dice per epoch, from the rows of a stage's log.jsonl; atomic PNG."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4), dpi=100)
+    loss_axes = figure.add_subplot(1, 1, 1)
+    epochs = [row["epoch"] for row in rows]
+    loss_axes.plot(epochs, [row["loss"] for row in rows], color="#4363d8", label="training loss (Dice + CE)")
+    loss_axes.set_xlabel("epoch")
+    loss_axes.set_ylabel("loss")
+    validated = [row for row in rows if "val_dice" in row]
+    if validated:
+        dice_axes = loss_axes.twinx()
+        dice_axes.plot([r["epoch"] for r in validated], [r["val_dice"] for r in validated], "o-", color="#e6194b")
+        dice_axes.set_ylabel("validation Dice", color="#e6194b")
+        dice_axes.set_ylim(0, 1)
+    if title:
+        loss_axes.set_title(title)
+    figure.tight_layout()
+    with atomic_write(path) as temporary:
+        figure.savefig(temporary, format="png")

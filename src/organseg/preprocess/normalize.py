@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 CT_WINDOW_HU = (-200.0, 400.0)
+MIN_STD = 1e-3  # a constant image must not divide by zero
 
 
 def normalize_ct(
@@ -31,10 +32,22 @@ def normalize_ct(
     low, high = window_hu
     if not low < high:
         raise ValueError(f"window_hu must be (low, high) with low < high, got {window_hu}")
-    clipped = np.clip(image_hu.astype(np.float32, copy=False), low, high)
     if mean is None or std is None:
-        inside = clipped[clipped > low]
-        sample = inside if inside.size else clipped
-        mean = float(sample.mean()) if mean is None else mean
-        std = float(sample.std()) if std is None else std
-    return (clipped - np.float32(mean)) / np.float32(max(std, 1e-3))
+        own_mean, own_std = ct_statistics(image_hu, window_hu)
+        mean = own_mean if mean is None else mean
+        std = own_std if std is None else std
+    clipped = np.clip(image_hu.astype(np.float32, copy=False), low, high)
+    return (clipped - np.float32(mean)) / np.float32(max(std, MIN_STD))
+
+
+def ct_statistics(image_hu: np.ndarray, window_hu: tuple[float, float] = CT_WINDOW_HU) -> tuple[float, float]:
+    """Mean and standard deviation of the clipped voxels above the window's lower bound.
+
+    Computed once per case, so that crops of it (stage 2) are normalised like the whole.
+    """
+    low, high = window_hu
+    values = image_hu[image_hu > low]
+    if values.size == 0:
+        return float(low), MIN_STD
+    values = np.minimum(values.astype(np.float64), high)
+    return float(values.mean()), max(float(values.std()), MIN_STD)

@@ -31,10 +31,19 @@ from scipy import ndimage
 Shape3 = tuple[int, int, int]
 
 
-def axis_weights(size_in: int, size_out: int) -> np.ndarray:
-    """(size_out, size_in) weights resampling one axis; every row sums to 1."""
+def axis_weights(size_in: int, size_out: int, shrink: str = "area") -> np.ndarray:
+    """(size_out, size_in) weights resampling one axis; every row sums to 1.
+
+    shrink: how an axis that gets fewer voxels is sampled: "area" averages the input cells
+    each output cell covers; "nearest" takes the input voxel under the output voxel's
+    centre (the exact inverse of nearest up-sampling).
+    """
     if size_out == size_in:
         return np.eye(size_in)
+    if size_out < size_in and shrink == "nearest":
+        weights = np.zeros((size_out, size_in))
+        weights[np.arange(size_out), nearest_indices(size_in, size_out)] = 1.0
+        return weights
     if size_out < size_in:
         edges = np.arange(size_out + 1) * (size_in / size_out)
         cells = np.arange(size_in)
@@ -51,13 +60,19 @@ def axis_weights(size_in: int, size_out: int) -> np.ndarray:
     return weights
 
 
-def resample_image(image: np.ndarray | torch.Tensor, shape: Shape3) -> torch.Tensor:
-    """Resample an image (X, Y, Z) or channels (C, X, Y, Z) to `shape`; returns float32."""
+def resample_image(image: np.ndarray | torch.Tensor, shape: Shape3, shrink: str = "area") -> torch.Tensor:
+    """Resample an image (X, Y, Z) or channels (C, X, Y, Z) to `shape`; returns float32.
+
+    shrink: "area" (average, the default for images) or "nearest" along axes that shrink;
+    see `axis_weights`.
+    """
+    if shrink not in ("area", "nearest"):
+        raise ValueError(f"unknown shrink mode {shrink!r}; use 'area' or 'nearest'")
     tensor = _as_tensor(image).float()
     sizes = tuple(tensor.shape[-3:])
     if sizes == tuple(shape):
         return tensor
-    matrices = [_weights_tensor(axis_weights(n_in, n_out), tensor) for n_in, n_out in zip(sizes, shape)]
+    matrices = [_weights_tensor(axis_weights(n_in, n_out, shrink), tensor) for n_in, n_out in zip(sizes, shape)]
     return _apply_separable(tensor, matrices)
 
 

@@ -1,0 +1,270 @@
+"""One configuration, with its defaults in one place: presets, a JSON file, `--set` overrides.
+
+A run's resolved configuration is saved as `RUN_DIR/config.json` and inside every
+checkpoint, so `predict` needs nothing but the run folder. Three presets:
+
+- `cpu` (the default): the best model we train on the phantom data in about 15 minutes on
+  2 CPU cores; also a sensible start for a laptop with real data.
+- `paper`: the FLARE 2022 paper's settings: 160^3 grids for both stages, a ~41M parameter
+  U-Net per stage, batch 4, AdamW at lr 1e-3 halved every 200 epochs, 1000 epochs.
+- `tiny`: seconds per run, for tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from organseg.augment import AugmentConfig
+from organseg.errors import InputError
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """The 3D U-Net of one stage."""
+
+    widths: tuple[int, ...] = (16, 32, 64, 128, 256)  # channels per level, top to bottom
+    blocks_per_level: int = 2  # conv-norm-activation blocks per level (the standard U-Net has 2)
+    upsample: str = "transpose"  # "transpose" (learned) or "trilinear"
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """Grid, network and optimisation of one stage."""
+
+    grid: tuple[int, int, int] = (160, 160, 160)  # voxels the network sees (paper: 160^3 both stages)
+    net: NetConfig = field(default_factory=NetConfig)
+    epochs: int = 1000
+    iterations_per_epoch: int = 0  # 0: one pass over the training cases per epoch
+    batch_size: int = 4
+    learning_rate: float = 1e-3
+    lr_halving_epochs: int = 200  # the learning rate halves every this many epochs
+    weight_decay: float = 1e-2  # AdamW's default decoupled weight decay
+    val_every: int = 10  # epochs between validations (and best-checkpoint updates)
+
+
+@dataclass(frozen=True)
+class CropConfig:
+    """How stage 2's region is chosen from stage 1's organs (inference) or the ground truth (training)."""
+
+    margin_mm: float = 20.0  # added around stage 1's organs at inference
+    # Training boxes: each face gets a random margin in this range and a random shift, so
+    # stage 2 learns to cope with the boxes an imperfect stage 1 gives.
+    train_margin_mm: tuple[float, float] = (5.0, 40.0)
+    train_shift_mm: float = 15.0
+
+
+@dataclass(frozen=True)
+class Config:
+    preset: str = "cpu"
+    seed: int = 0
+    window_hu: tuple[float, float] = (-200.0, 400.0)  # CT clipping window before z-scoring
+    label_resampling: str = "linear"  # training targets on the stage grids: "linear" or "nearest"
+    precision: str = "auto"  # "auto" (bf16 where the hardware has it), "bf16" or "fp32"
+    validation_cases: int = 1  # labelled cases held out for validation (0: none)
+    largest_component: bool = True  # keep only the largest connected component of each organ
+    stage1: StageConfig = field(default_factory=StageConfig)
+    stage2: StageConfig = field(default_factory=StageConfig)
+    crop: CropConfig = field(default_factory=CropConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+def _paper() -> Config:
+    # 6 levels of (32, 64, 128, 256, 352, 512) channels: 40.8M parameters, as the paper's ~41M U-Net.
+    net = NetConfig(widths=(32, 64, 128, 256, 352, 512))
+    stage = StageConfig(grid=(160, 160, 160), net=net, epochs=1000, batch_size=4, val_every=10)
+    return Config(preset="paper", stage1=stage, stage2=stage, validation_cases=4)
+
+
+def _cpu() -> Config:
+    net = NetConfig(widths=(16, 32, 64, 128))
+    stage1 = StageConfig(grid=(64, 64, 64), net=net, epochs=100, batch_size=2, lr_halving_epochs=40, val_every=5)
+    stage2 = StageConfig(grid=(96, 96, 64), net=net, epochs=100, batch_size=2, lr_halving_epochs=40, val_every=5)
+    return Config(preset="cpu", stage1=stage1, stage2=stage2)
+
+
+def _tiny() -> Config:
+    net = NetConfig(widths=(4, 8, 16))
+    stage = StageConfig(grid=(32, 32, 32), net=net, epochs=2, batch_size=2, lr_halving_epochs=1, val_every=1)
+    return Config(preset="tiny", stage1=stage, stage2=stage, crop=CropConfig(margin_mm=10.0))
+
+
+PRESETS = {"cpu": _cpu, "paper": _paper, "tiny": _tiny}
+DEFAULT_PRESET = "cpu"
+
+
+def resolve_config(preset: str = DEFAULT_PRESET, file: Path | None = None, overrides: list[str] = ()) -> Config:
+    """The preset, then the keys of a JSON config file, then `key=value` overrides; validated."""
+    if preset not in PRESETS:
+        raise InputError(f"unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
+    config = PRESETS[preset]()
+    if file is not None:
+        config = from_dict(_read_json(Path(file)), base=config, source=str(file))
+    for override in overrides:
+        key, separator, text = override.partition("=")
+        if not separator:
+            raise InputError(f"--set {override!r}: write it as key=value, e.g. stage1.epochs=50")
+        config = _set(config, key.strip(), _parse_value(text.strip()), source=f"--set {override}")
+    validate(config)
+    return config
+
+
+def to_dict(config: Config) -> dict:
+    """Plain JSON-ready data (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def from_dict(data: dict, base: Config | None = None, source: str = "config") -> Config:
+    """A Config from plain data; keys not given keep `base`'s values; unknown keys are errors."""
+    config = base or Config()
+    for key, value in _flatten(data):
+        config = _set(config, key, value, source=source)
+    return config
+
+
+def save_config(config: Config, path: Path) -> None:
+    from organseg.atomic import atomic_write
+
+    with atomic_write(path) as temporary:
+        temporary.write_text(json.dumps(to_dict(config), indent=2) + "\n")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: config file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: not valid JSON ({error}); fix the config file") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: a config file must hold a JSON object of settings")
+    return data
+
+
+def _flatten(data: dict, prefix: str = "") -> list[tuple[str, object]]:
+    items = []
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        items += _flatten(value, name + ".") if isinstance(value, dict) else [(name, value)]
+    return items
+
+
+def _parse_value(text: str) -> object:
+    """JSON where it parses (numbers, lists, true/false), else the text itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _set(config, key: str, value, source: str, prefix: str = ""):
+    """A copy of the (nested) dataclass `config` with dotted `key` set to `value`, type-checked."""
+    head, _, rest = key.partition(".")
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    if head not in fields:
+        known = ", ".join(sorted(_all_keys(type(config), prefix)))
+        raise InputError(f"{source}: unknown setting '{prefix}{key}'; known settings: {known}")
+    current = getattr(config, head)
+    hints = typing.get_type_hints(type(config))
+    if rest:
+        if not dataclasses.is_dataclass(current):
+            raise InputError(f"{source}: '{head}' has no sub-settings ('{key}')")
+        return _replace(config, head, _set(current, rest, value, source, f"{prefix}{head}."), source)
+    if dataclasses.is_dataclass(current):
+        if not isinstance(value, dict):
+            raise InputError(f"{source}: '{key}' is a group of settings; set its keys, e.g. {key}.<name>=...")
+        return _replace(config, head, from_dict(value, base=current, source=source), source)
+    return _replace(config, head, _coerce(value, hints[head], key, source), source)
+
+
+def _replace(config, name: str, value, source: str):
+    """dataclasses.replace, with a dataclass's own checks turned into a clear message."""
+    try:
+        return replace(config, **{name: value})
+    except ValueError as error:
+        raise InputError(f"{source}: {error}") from None
+
+
+def _coerce(value, hint, key: str, source: str):
+    """`value` converted to the field's type, or an InputError saying what was expected."""
+    origin = typing.get_origin(hint)
+    if origin is types.UnionType:  # `X | None`
+        if value is None:
+            return None
+        return _coerce(value, next(a for a in typing.get_args(hint) if a is not type(None)), key, source)
+    if origin is tuple:
+        element = typing.get_args(hint)[0]
+        if not isinstance(value, list | tuple):
+            raise InputError(f"{source}: '{key}' takes a list, e.g. [1, 2, 3]; got {value!r}")
+        return tuple(_coerce(v, element, key, source) for v in value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise InputError(f"{source}: '{key}' takes true or false; got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(f"{source}: '{key}' takes a whole number; got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InputError(f"{source}: '{key}' takes a number; got {value!r}")
+        return float(value)
+    if hint is str:
+        return str(value)
+    raise InputError(f"{source}: '{key}' cannot be set")
+
+
+def _all_keys(cls, prefix: str = "") -> list[str]:
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        keys += _all_keys(hint, f"{prefix}{f.name}.") if dataclasses.is_dataclass(hint) else [prefix + f.name]
+    return keys
+
+
+def validate(config: Config) -> None:
+    """Refuse values out of range, naming the setting."""
+    problems = []
+    check = problems.append
+    if config.window_hu[0] >= config.window_hu[1]:
+        check(f"window_hu must be [low, high] with low < high, got {list(config.window_hu)}")
+    if config.label_resampling not in ("linear", "nearest"):
+        check(f"label_resampling must be 'linear' or 'nearest', got '{config.label_resampling}'")
+    if config.precision not in ("auto", "bf16", "fp32"):
+        check(f"precision must be 'auto', 'bf16' or 'fp32', got '{config.precision}'")
+    if config.validation_cases < 0:
+        check(f"validation_cases must be >= 0, got {config.validation_cases}")
+    for name in ("stage1", "stage2"):
+        problems += _stage_problems(name, getattr(config, name))
+    low, high = config.crop.train_margin_mm
+    if config.crop.margin_mm < 0 or low < 0 or high < low or config.crop.train_shift_mm < 0:
+        check("crop margins and shift must be >= 0 with train_margin_mm = [low, high], low <= high")
+    if problems:
+        raise InputError("invalid configuration: " + "; ".join(problems))
+
+
+def _stage_problems(name: str, stage: StageConfig) -> list[str]:
+    problems = []
+    multiple = 2 ** (len(stage.net.widths) - 1)
+    if len(stage.grid) != 3 or any(n < multiple or n % multiple for n in stage.grid):
+        problems.append(f"{name}.grid {list(stage.grid)} must be 3 sizes divisible by {multiple} (2^(levels-1))")
+    if len(stage.net.widths) < 2 or any(w < 1 for w in stage.net.widths):
+        problems.append(f"{name}.net.widths needs at least 2 positive widths, got {list(stage.net.widths)}")
+    if stage.net.upsample not in ("transpose", "trilinear"):
+        problems.append(f"{name}.net.upsample must be 'transpose' or 'trilinear'")
+    for setting in ("epochs", "batch_size", "lr_halving_epochs", "val_every", "net.blocks_per_level"):
+        value = stage.net.blocks_per_level if setting.startswith("net.") else getattr(stage, setting)
+        if value < 1:
+            problems.append(f"{name}.{setting} must be >= 1, got {value}")
+    if stage.iterations_per_epoch < 0:
+        problems.append(f"{name}.iterations_per_epoch must be >= 0, got {stage.iterations_per_epoch}")
+    if not 0 < stage.learning_rate < 1:
+        problems.append(f"{name}.learning_rate must be in (0, 1), got {stage.learning_rate}")
+    if stage.weight_decay < 0:
+        problems.append(f"{name}.weight_decay must be >= 0, got {stage.weight_decay}")
+    return problems

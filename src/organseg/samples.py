@@ -1,0 +1,69 @@
+"""What each stage's network is trained on, made from a prepared case.
+
+- Stage 1: the whole volume on stage 1's grid (precomputed in the cache).
+- Stage 2: the organs' region at native resolution, resampled to stage 2's grid. During
+  training every face of the box gets a random margin and the box a random shift, so
+  stage 2 sees boxes as loose, tight or off-centre as an imperfect stage 1 gives.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from organseg.config import Config
+from organseg.prepared import PreparedCase
+from organseg.preprocess.crop import Box, crop
+from organseg.preprocess.normalize import normalize_ct
+from organseg.preprocess.resample import resample_image, resample_labels
+
+
+def stage1_sample(case: PreparedCase) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image (1, G1...) float32, labels (G1...) int64) of the whole volume."""
+    image = torch.from_numpy(np.asarray(case.grid1_image, dtype=np.float32))[None]
+    labels = torch.from_numpy(np.asarray(case.grid1_labels).astype(np.int64))
+    return image, labels
+
+
+def stage2_sample(
+    case: PreparedCase, config: Config, rng: np.random.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image (1, G2...), labels (G2...)) of the organ region; a random box when `rng` is given."""
+    if rng is None:
+        margins = np.full((2, 3), config.crop.margin_mm)
+        shift = np.zeros(3)
+    else:
+        margins = rng.uniform(*config.crop.train_margin_mm, size=(2, 3))
+        shift = rng.uniform(-config.crop.train_shift_mm, config.crop.train_shift_mm, size=3)
+    box = grow_box(case.organ_box, case.spacing_mm, margins, shift, case.hu.shape)
+    return region_sample(case, box, config)
+
+
+def region_sample(case: PreparedCase, box: Box, config: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """The region `box` of a case on stage 2's grid: normalised image and labels."""
+    grid = config.stage2.grid
+    hu = np.asarray(crop(case.hu, box))
+    normalized = normalize_ct(hu, config.window_hu, case.mean, case.std)
+    image = resample_image(normalized, grid)[None]
+    labels = resample_labels(np.ascontiguousarray(crop(case.labels, box)), grid, config.label_resampling)
+    return image, labels.long()
+
+
+def grow_box(
+    box: Box,
+    spacing_mm: tuple[float, float, float],
+    margins_mm: np.ndarray,
+    shift_mm: np.ndarray,
+    shape: tuple[int, int, int],
+) -> Box:
+    """`box` grown by margins_mm[0] below and margins_mm[1] above on each axis, moved by shift_mm, clipped.
+
+    A box shifted out of the volume keeps at least one voxel, so it never comes back empty.
+    """
+    spacing = np.asarray(spacing_mm)
+    start = np.asarray(box.start) - np.ceil(margins_mm[0] / spacing) + np.round(shift_mm / spacing)
+    stop = np.asarray(box.stop) + np.ceil(margins_mm[1] / spacing) + np.round(shift_mm / spacing)
+    upper = np.asarray(shape)
+    start = np.clip(start, 0, upper - 1).astype(int)
+    stop = np.clip(stop, start + 1, upper).astype(int)
+    return Box(tuple(start), tuple(stop))

@@ -1,0 +1,126 @@
+"""Training and prediction end to end with the tiny preset: checkpoints, logs, resume, geometry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from organseg import train as train_module
+from organseg.cascade import Segmenter
+from organseg.cli import main
+from organseg.config import resolve_config
+from organseg.dataset import discover_dataset
+from organseg.errors import InputError
+from organseg.io import read_image, read_label
+from organseg.phantom import write_dataset
+from organseg.runs import run_training
+
+SHAPE = (48, 48, 24)
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory) -> Path:
+    return write_dataset(
+        tmp_path_factory.mktemp("data") / "phantoms", labeled=3, unlabeled=0, test=1, seed=4, shape=SHAPE
+    )
+
+
+@pytest.fixture(scope="module")
+def trained_run(phantoms: Path, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    config = resolve_config("tiny", overrides=["stage1.epochs=3", "stage2.epochs=3"])
+    run_training(discover_dataset(phantoms), run_dir, config, progress=False)
+    return run_dir
+
+
+def test_training_writes_the_run_folder(trained_run: Path) -> None:
+    for name in ("config.json", "labels.json", "splits.json"):
+        assert (trained_run / name).is_file()
+    for stage in ("stage1", "stage2"):
+        for name in ("last.pt", "best.pt", "log.jsonl", "curve.png"):
+            assert (trained_run / stage / name).is_file(), (stage, name)
+        rows = (trained_run / stage / "log.jsonl").read_text().splitlines()
+        assert len(rows) == 3 and '"val_dice"' in rows[-1]
+
+
+def test_checkpoints_load_with_weights_only_and_carry_config_and_labels(trained_run: Path) -> None:
+    content = torch.load(trained_run / "stage2" / "best.pt", weights_only=True)
+    assert content["config"]["preset"] == "tiny" and content["config"]["stage2"]["epochs"] == 3
+    assert content["labels"]["liver"] == 1 and content["stage"] == "stage2"
+    assert content["net"]["num_classes"] == 14
+
+
+def test_lr_halves_on_schedule(trained_run: Path) -> None:
+    import json
+
+    rows = [json.loads(line) for line in (trained_run / "stage1" / "log.jsonl").read_text().splitlines()]
+    assert [row["lr"] for row in rows] == [1e-3, 5e-4, 2.5e-4]  # tiny: halved every epoch
+
+
+def test_prediction_is_on_the_exact_grid_of_every_real_input(
+    trained_run: Path, real_data: Path, tmp_path: Path
+) -> None:
+    segmenter = Segmenter.from_run(trained_run, device="cpu")
+    for source in ("ts_abdomen/image.nii.gz", "ts_upper_abdomen_bad_origin/image.nii.gz", "dcmqi_3slice/dicom"):
+        image = read_image(real_data / source)
+        out = tmp_path / (source.replace("/", "_") + ".nii.gz")
+        assert main(["predict", str(trained_run), str(real_data / source), str(out)]) == 0
+        written = read_label(out)
+        assert written.array.shape == image.array.shape
+        assert written.geometry.is_close(image.geometry, tolerance_mm=1e-5, tolerance_cos=1e-6)
+        assert np.array_equal(written.array, segmenter.predict(image).array)
+
+
+def test_predict_folder_skips_finished_cases(trained_run: Path, phantoms: Path, tmp_path: Path) -> None:
+    out = tmp_path / "predictions"
+    assert main(["predict", str(trained_run), str(phantoms / "imagesTs"), str(out)]) == 0
+    written = out / "phantom_t001.nii.gz"
+    assert written.is_file()
+    stamp = written.stat().st_mtime_ns
+    assert main(["predict", str(trained_run), str(phantoms / "imagesTs"), str(out)]) == 0
+    assert written.stat().st_mtime_ns == stamp
+
+
+def test_a_second_training_into_a_trained_run_is_refused(trained_run: Path, phantoms: Path) -> None:
+    with pytest.raises(InputError, match="--resume"):
+        run_training(discover_dataset(phantoms), trained_run, resolve_config("tiny"), progress=False)
+
+
+def test_resumed_training_ends_where_an_uninterrupted_one_does(phantoms: Path, tmp_path: Path, monkeypatch) -> None:
+    config = resolve_config("tiny", overrides=["stage1.epochs=3"])
+    dataset = discover_dataset(phantoms)
+    run_training(dataset, tmp_path / "straight", config, stages=("stage1",), progress=False)
+
+    real_end_epoch = train_module._end_epoch
+
+    def stop_after_first_epoch(run, state, *args):
+        row = real_end_epoch(run, state, *args)
+        if state.epoch == 1:
+            raise KeyboardInterrupt
+        return row
+
+    monkeypatch.setattr(train_module, "_end_epoch", stop_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(dataset, tmp_path / "broken", config, stages=("stage1",), progress=False)
+    monkeypatch.setattr(train_module, "_end_epoch", real_end_epoch)
+    run_training(dataset, tmp_path / "broken", None, stages=("stage1",), resume=True, progress=False)
+
+    straight = torch.load(tmp_path / "straight" / "stage1" / "last.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "broken" / "stage1" / "last.pt", weights_only=True)
+    assert resumed["epoch"] == straight["epoch"] == 3
+    assert resumed["optimizer"]["param_groups"][0]["lr"] == straight["optimizer"]["param_groups"][0]["lr"]
+    for name, tensor in straight["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), name
+
+
+def test_train_cli_with_overrides_and_unknown_keys(phantoms: Path, tmp_path: Path, capsys) -> None:
+    run_dir = tmp_path / "cli_run"
+    args = ["train", str(phantoms), str(run_dir), "--preset", "tiny", "--set", "stage1.epochs=1", "--stage", "1"]
+    assert main(args) == 0
+    assert (run_dir / "stage1" / "best.pt").is_file() and not (run_dir / "stage2").exists()
+    assert main(["train", str(phantoms), str(tmp_path / "other"), "--preset", "tiny", "--set", "stage1.epoks=1"]) == 2
+    assert "unknown setting 'stage1.epoks'" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
