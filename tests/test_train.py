@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +55,6 @@ def test_checkpoints_load_with_weights_only_and_carry_config_and_labels(trained_
 
 
 def test_lr_halves_on_schedule(trained_run: Path) -> None:
-    import json
-
     rows = [json.loads(line) for line in (trained_run / "stage1" / "log.jsonl").read_text().splitlines()]
     assert [row["lr"] for row in rows] == [1e-3, 5e-4, 2.5e-4]  # tiny: halved every epoch
 
@@ -124,3 +123,15 @@ def test_train_cli_with_overrides_and_unknown_keys(phantoms: Path, tmp_path: Pat
     assert main(["train", str(phantoms), str(tmp_path / "other"), "--preset", "tiny", "--set", "stage1.epoks=1"]) == 2
     assert "unknown setting 'stage1.epoks'" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
+
+
+def test_stage1_can_learn_the_organs_as_one_foreground_class(phantoms: Path, tmp_path: Path) -> None:
+    config = resolve_config("tiny", overrides=["stage1_target=foreground", "stage1.epochs=1", "stage2.epochs=1"])
+    run_training(discover_dataset(phantoms), tmp_path / "run", config, progress=False)
+    stage1 = torch.load(tmp_path / "run" / "stage1" / "best.pt", weights_only=True)
+    assert stage1["net"]["num_classes"] == 2
+    row = json.loads((tmp_path / "run" / "stage1" / "log.jsonl").read_text().splitlines()[-1])
+    assert list(row["val_dice_per_organ"]) == ["1"]
+    image = read_image(phantoms / "imagesTs" / "phantom_t001_0000.nii.gz")
+    labels = Segmenter.from_run(tmp_path / "run", device="cpu").predict(image)
+    assert labels.array.shape == image.array.shape and labels.array.max() <= 13

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 from organseg.errors import InputError
@@ -25,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_INPUT_ERROR
     try:
-        args.handler(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            args.handler(args)
     except InputError as error:
         return _fail(args, str(error), EXIT_INPUT_ERROR)
     except OSError as error:
@@ -44,6 +47,11 @@ def _fail(args: argparse.Namespace, message: str, status: int) -> int:
     for line in message.splitlines() or [""]:
         print(f"organseg: error: {line}", file=sys.stderr)
     return status
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line for people, without the source location."""
+    print(f"organseg: warning: {message}", file=sys.stderr)
 
 
 def _describe_os_error(error: OSError) -> str:

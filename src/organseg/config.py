@@ -67,6 +67,9 @@ class Config:
     precision: str = "auto"  # "auto" (bf16 where the hardware has it), "bf16" or "fp32"
     validation_cases: int = 1  # labelled cases held out for validation (0: none)
     largest_component: bool = True  # keep only the largest connected component of each organ
+    # What stage 1 segments: "organs" (every organ, as the paper) or "foreground" (one
+    # class, all organs together): enough to find the box, and learnt in far fewer steps.
+    stage1_target: str = "organs"
     stage1: StageConfig = field(default_factory=StageConfig)
     stage2: StageConfig = field(default_factory=StageConfig)
     crop: CropConfig = field(default_factory=CropConfig)
@@ -81,10 +84,35 @@ def _paper() -> Config:
 
 
 def _cpu() -> Config:
-    net = NetConfig(widths=(16, 32, 64, 128))
-    stage1 = StageConfig(grid=(64, 64, 64), net=net, epochs=100, batch_size=2, lr_halving_epochs=40, val_every=5)
-    stage2 = StageConfig(grid=(96, 96, 64), net=net, epochs=100, batch_size=2, lr_halving_epochs=40, val_every=5)
-    return Config(preset="cpu", stage1=stage1, stage2=stage2)
+    # Chosen by benchmarks/bench_cpu_preset.py on 2 CPU cores (see benchmarks/RESULTS.md):
+    # stage 1 only finds the box, so it learns one foreground class on a small grid; stage 2's
+    # 80x64x48 grid keeps the resolution ceiling of default phantoms at a mean DSC of 0.97.
+    # Few steps fit in minutes, so the learning rate is high and augmentation off.
+    stage1 = StageConfig(
+        grid=(48, 48, 32),
+        net=NetConfig(widths=(8, 16, 32, 64)),
+        epochs=30,
+        batch_size=2,
+        learning_rate=1e-2,
+        lr_halving_epochs=12,
+        val_every=5,
+    )
+    stage2 = StageConfig(
+        grid=(80, 64, 48),
+        net=NetConfig(widths=(8, 16, 32, 64)),
+        epochs=110,  # 130 took 17.3 min on a 2-core Xeon; 110 is meant to fit in 15 (not re-measured)
+        batch_size=1,
+        learning_rate=1e-2,
+        lr_halving_epochs=45,
+        val_every=10,
+    )
+    return Config(
+        preset="cpu",
+        stage1=stage1,
+        stage2=stage2,
+        stage1_target="foreground",
+        augment=AugmentConfig(enabled=False),
+    )
 
 
 def _tiny() -> Config:
@@ -237,6 +265,8 @@ def validate(config: Config) -> None:
         check(f"label_resampling must be 'linear' or 'nearest', got '{config.label_resampling}'")
     if config.precision not in ("auto", "bf16", "fp32"):
         check(f"precision must be 'auto', 'bf16' or 'fp32', got '{config.precision}'")
+    if config.stage1_target not in ("organs", "foreground"):
+        check(f"stage1_target must be 'organs' or 'foreground', got '{config.stage1_target}'")
     if config.validation_cases < 0:
         check(f"validation_cases must be >= 0, got {config.validation_cases}")
     for name in ("stage1", "stage2"):

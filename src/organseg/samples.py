@@ -18,11 +18,11 @@ from organseg.preprocess.normalize import normalize_ct
 from organseg.preprocess.resample import resample_image, resample_labels
 
 
-def stage1_sample(case: PreparedCase) -> tuple[torch.Tensor, torch.Tensor]:
-    """(image (1, G1...) float32, labels (G1...) int64) of the whole volume."""
+def stage1_sample(case: PreparedCase, foreground: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image (1, G1...) float32, labels (G1...) int64) of the whole volume; 0/1 when `foreground`."""
     image = torch.from_numpy(np.asarray(case.grid1_image, dtype=np.float32))[None]
     labels = torch.from_numpy(np.asarray(case.grid1_labels).astype(np.int64))
-    return image, labels
+    return image, (labels > 0).long() if foreground else labels
 
 
 def stage2_sample(

@@ -63,6 +63,20 @@ class StageRun:
     def stage(self) -> StageConfig:
         return getattr(self.config, self.name)
 
+    @property
+    def foreground_only(self) -> bool:
+        """Stage 1 set to segment all organs as one class."""
+        return self.name == "stage1" and self.config.stage1_target == "foreground"
+
+    @property
+    def label_ids(self) -> tuple[int, ...]:
+        """The classes this stage's network segments (besides background)."""
+        return (1,) if self.foreground_only else self.label_set.ids
+
+    @property
+    def num_classes(self) -> int:
+        return 2 if self.foreground_only else self.label_set.num_classes
+
 
 def build_model(stage: StageConfig, num_classes: int) -> UNet3D:
     return UNet3D(1, num_classes, stage.net.widths, stage.net.blocks_per_level, stage.net.upsample)
@@ -110,7 +124,7 @@ def _count(bar: tqdm, iterations: int):
 def _initial_state(run: StageRun) -> StageState:
     seed = run.config.seed + STAGES.index(run.name)
     torch.manual_seed(seed)  # the network's He initialisation
-    model = build_model(run.stage, run.label_set.num_classes).to(run.device)
+    model = build_model(run.stage, run.num_classes).to(run.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=run.stage.learning_rate, weight_decay=run.stage.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=run.stage.lr_halving_epochs, gamma=0.5)
     generator = torch.Generator().manual_seed(seed)
@@ -123,7 +137,8 @@ def _train_step(run: StageRun, state: StageState, cases: list[PreparedCase]) -> 
     for index in batch:
         case = cases[int(index)]
         image, labels = _sample(run, case, state.rng)
-        image, labels = augment(image, labels, run.config.augment, state.generator, run.label_set.mirror_pairs())
+        pairs = () if run.foreground_only else run.label_set.mirror_pairs()
+        image, labels = augment(image, labels, run.config.augment, state.generator, pairs)
         images.append(image)
         targets.append(labels)
         weights.append(case.weight)
@@ -139,7 +154,9 @@ def _train_step(run: StageRun, state: StageState, cases: list[PreparedCase]) -> 
 
 def _sample(run: StageRun, case: PreparedCase, rng: np.random.Generator | None):
     """A training (rng given) or validation (rng None) sample of the stage."""
-    return stage1_sample(case) if run.name == "stage1" else stage2_sample(case, run.config, rng)
+    if run.name == "stage1":
+        return stage1_sample(case, run.foreground_only)
+    return stage2_sample(case, run.config, rng)
 
 
 def _end_epoch(run: StageRun, state: StageState, losses: list[float], val_cases: list[PreparedCase], started) -> dict:
@@ -167,14 +184,14 @@ def _end_epoch(run: StageRun, state: StageState, losses: list[float], val_cases:
 def validate(run: StageRun, model: UNet3D, cases: list[PreparedCase]) -> dict:
     """Mean Dice on the stage's own grid over the organs present in each validation case."""
     model.eval()
-    per_organ: dict[int, list[float]] = {label: [] for label in run.label_set.ids}
+    per_organ: dict[int, list[float]] = {label: [] for label in run.label_ids}
     for case in cases:
         image, labels = _sample(run, case, None)
         with autocast(run.device, run.bf16):
             logits = model(image[None].to(run.device))
         prediction = logits[0].float().argmax(0).cpu().numpy()
         truth = labels.numpy()
-        present = [label for label in run.label_set.ids if (truth == label).any()]
+        present = [label for label in run.label_ids if (truth == label).any()]
         for label, value in dice_per_class(prediction, truth, present).items():
             per_organ[label].append(value)
     means = {label: float(np.mean(values)) for label, values in per_organ.items() if values}
