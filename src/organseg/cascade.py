@@ -109,8 +109,7 @@ class Segmenter:
         stage_input = StageInput(resample_image(normalized, grid)[None, None], whole, normalized.shape)
         coarse = self.stage1(stage_input)[0].argmax(0).numpy().astype(np.uint8)
         coarse = keep_largest_component(coarse)  # a stray blob must not stretch the box
-        found = np.flatnonzero(coarse.reshape(-1)).size
-        if not found:
+        if not coarse.any():
             warnings.warn("stage 1 found no organ; stage 2 segments the whole volume", stacklevel=2)
             return whole
         box_on_grid = _foreground_box(coarse)
