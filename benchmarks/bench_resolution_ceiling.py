@@ -19,12 +19,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from test_cascade import oracle_segmenter, organ_dice  # noqa: E402
-
 from organseg.config import resolve_config  # noqa: E402
 from organseg.io import read_image, read_label  # noqa: E402
 from organseg.labels import FLARE22  # noqa: E402
 from organseg.phantom import generate_case  # noqa: E402
+from test_cascade import oracle_segmenter, organ_dice  # noqa: E402
 
 
 def cases(args) -> dict[str, list]:
@@ -35,7 +34,9 @@ def cases(args) -> dict[str, list]:
         ]
     real = Path(args.real)
     if (real / "image.nii.gz").is_file():
-        sets["real ts_abdomen (3 mm)"] = [(read_image(real / "image.nii.gz"), read_label(real / "label_flare13.nii.gz"))]
+        sets["real ts_abdomen (3 mm)"] = [
+            (read_image(real / "image.nii.gz"), read_label(real / "label_flare13.nii.gz"))
+        ]
     return sets
 
 
