@@ -28,7 +28,7 @@ from organseg.io import Volume
 from organseg.labels import LabelSet
 from organseg.nets.unet3d import UNet3D
 from organseg.postprocess import keep_largest_component
-from organseg.preprocess.crop import Box, crop, paste
+from organseg.preprocess.crop import Box, bounding_box, crop, paste
 from organseg.preprocess.normalize import normalize_ct
 from organseg.preprocess.orientation import canonical_transform
 from organseg.preprocess.resample import resample_image
@@ -112,7 +112,7 @@ class Segmenter:
         if not coarse.any():
             warnings.warn("stage 1 found no organ; stage 2 segments the whole volume", stacklevel=2)
             return whole
-        box_on_grid = _foreground_box(coarse)
+        box_on_grid = bounding_box(coarse > 0, spacing_mm=(1.0, 1.0, 1.0))
         box = _grid_box_to_volume(box_on_grid, grid, normalized.shape)
         margins = np.full((2, 3), self.config.crop.margin_mm)
         return grow_box(box, spacing_mm, margins, np.zeros(3), normalized.shape)
@@ -127,15 +127,6 @@ class Segmenter:
         logits_back = resample_image(logits, box.shape, shrink="nearest")  # (C, region...)
         dtype = np.uint8 if logits.shape[0] <= 256 else np.uint16
         return logits_back.argmax(0).numpy().astype(dtype)
-
-
-def _foreground_box(labels: np.ndarray) -> Box:
-    starts, stops = [], []
-    for axis in range(3):
-        present = np.flatnonzero(labels.any(axis=tuple(a for a in range(3) if a != axis)))
-        starts.append(int(present[0]))
-        stops.append(int(present[-1]) + 1)
-    return Box(tuple(starts), tuple(stops))
 
 
 def _grid_box_to_volume(box: Box, grid: tuple[int, int, int], shape: tuple[int, int, int]) -> Box:
