@@ -31,12 +31,10 @@ from tqdm import tqdm
 
 from organseg.atomic import atomic_write
 from organseg.errors import InputError
-from organseg.io import image_stem, is_image_path, read_label
+from organseg.io import case_id, is_image_path, read_label
 from organseg.labels import FLARE22, LabelSet
 from organseg.metrics import Z_RULES, check_same_grid, default_tolerances_mm, evaluate_case, organ_volumes_ml
 
-# nnU-Net's channel suffix: a prediction named like its image (`case_0000`) still matches `case`.
-_CHANNEL_SUFFIX = "_0000"
 OUTPUT_NAMES = ("metrics.csv", "summary.json", "summary.md", "boxplot.png", "volumes.csv")
 
 
@@ -123,7 +121,7 @@ def _label_files(folder: Path, role: str) -> dict[str, Path]:
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or not path.is_file() or not is_image_path(path):
             continue
-        case = image_stem(path).removesuffix(_CHANNEL_SUFFIX)
+        case = case_id(path)  # a prediction named like its image (`case_0000`) still matches `case`
         if case in found:
             raise InputError(f"{path}: same case as {found[case].name} in one folder; keep one of them")
         found[case] = path

@@ -23,6 +23,7 @@ from organseg.atomic import atomic_write
 from organseg.errors import InputError
 from organseg.geometry import Geometry
 
+CHANNEL_0_SUFFIX = "_0000"  # nnU-Net's name ending of a case's (only) CT channel
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 # Voxel sizes outside this range are header errors (metres written as mm, etc.), not CT.
 SANE_SPACING_MM = (0.05, 20.0)
@@ -52,6 +53,11 @@ def image_stem(path: Path) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return path.stem
+
+
+def case_id(path: Path) -> str:
+    """The case a file belongs to: its stem without nnU-Net's channel suffix ('case' for 'case_0000.nii.gz')."""
+    return image_stem(path).removesuffix(CHANNEL_0_SUFFIX)
 
 
 def read_image(path: str | Path) -> Volume:

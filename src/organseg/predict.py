@@ -13,7 +13,7 @@ from tqdm import tqdm
 from organseg.cascade import Segmenter
 from organseg.dataset import Case, discover_dataset, is_dicom_series
 from organseg.errors import InputError
-from organseg.io import image_stem, is_image_path, read_image, write_label
+from organseg.io import case_id, is_image_path, read_image, write_label
 
 OUTPUT_SUFFIX = ".nii.gz"
 
@@ -63,5 +63,4 @@ def _folder_cases(folder: Path) -> list[Case]:
 
 
 def _case_id(path: Path) -> str:
-    stem = image_stem(path) if path.is_file() else path.name
-    return stem[: -len("_0000")] if stem.endswith("_0000") else stem
+    return case_id(path) if path.is_file() else path.name

@@ -9,6 +9,7 @@ import numpy as np
 from organseg.atomic import atomic_write
 from organseg.io import Volume
 from organseg.labels import FLARE22, LabelSet
+from organseg.preprocess.crop import bounding_box
 from organseg.preprocess.orientation import canonical_transform
 
 # Soft-tissue CT window (HU): abdominal organs are told apart inside it.
@@ -84,11 +85,10 @@ def _centre(label_map: np.ndarray) -> tuple[int, int, int]:
     The box centre rather than the centroid: the large liver would pull the centroid away
     from the kidneys and the pancreas.
     """
-    centre = []
-    for axis in range(3):
-        present = np.flatnonzero(label_map.any(axis=tuple(a for a in range(3) if a != axis)))
-        centre.append((present[0] + present[-1]) // 2 if present.size else label_map.shape[axis] // 2)
-    return tuple(int(c) for c in centre)
+    box = bounding_box(label_map > 0, spacing_mm=(1.0, 1.0, 1.0))
+    if box is None:
+        return tuple(n // 2 for n in label_map.shape)
+    return tuple((start + stop - 1) // 2 for start, stop in zip(box.start, box.stop))
 
 
 def _planes(ct: np.ndarray, label_map: np.ndarray, spacing, centre):

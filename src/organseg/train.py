@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from organseg.atomic import atomic_write
 from organseg.augment import augment
 from organseg.checkpoint import load_checkpoint, save_checkpoint
 from organseg.config import Config, StageConfig, to_dict
@@ -173,7 +175,8 @@ def _end_epoch(run: StageRun, state: StageState, losses: list[float], val_cases:
     row["seconds"] = round(time.perf_counter() - started, 3)
     save_checkpoint(run.stage_dir / "last.pt", _content(run, state))
     if not val_cases:  # nothing to choose by: the newest model is the best we know
-        save_checkpoint(run.stage_dir / "best.pt", _content(run, state))
+        with atomic_write(run.stage_dir / "best.pt") as temporary:
+            shutil.copyfile(run.stage_dir / "last.pt", temporary)
     _append_log(run.stage_dir, row)
     if due:
         save_training_curve(_read_log(run.stage_dir), run.stage_dir / "curve.png", title=run.name)
