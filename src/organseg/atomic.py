@@ -38,3 +38,13 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
+
+
+def sweep_partials(folder: str | os.PathLike) -> int:
+    """Delete the temporary files a killed process left in `folder`; returns how many."""
+    count = 0
+    for leftover in Path(folder).glob(".*.partial-*"):
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
+            count += 1
+    return count

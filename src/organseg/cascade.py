@@ -26,12 +26,13 @@ from organseg.device import autocast, resolve_device, use_bf16
 from organseg.errors import InputError
 from organseg.io import Volume
 from organseg.labels import LabelSet
+from organseg.losses import dice_per_class
 from organseg.nets.unet3d import UNet3D
 from organseg.postprocess import keep_largest_component
 from organseg.preprocess.crop import Box, bounding_box, crop, paste
 from organseg.preprocess.normalize import normalize_ct
 from organseg.preprocess.orientation import canonical_transform
-from organseg.preprocess.resample import resample_image
+from organseg.preprocess.resample import resample_image, resample_labels
 from organseg.samples import grow_box
 
 
@@ -45,6 +46,23 @@ class StageInput:
 
 
 Predictor = Callable[[StageInput], torch.Tensor]  # -> logits (1, C, G...)
+
+# The second, looser box of the crop-agreement score: this much more margin on every face.
+LOOSE_BOX_MM = 10.0
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """A label map and, when asked for, the model's own evidence about it.
+
+    evidence (each in [0, 1], higher is more trustworthy):
+      confidence       mean top softmax probability of stage 2 over the voxels it calls organ;
+      stage_agreement  Dice between stage 1's organs and the final organs, on stage 1's grid;
+      crop_agreement   Dice between stage 2's labels in its box and in a box LOOSE_BOX_MM larger.
+    """
+
+    labels: Volume
+    evidence: dict[str, float]
 
 
 class NetworkPredictor:
@@ -92,41 +110,103 @@ class Segmenter:
 
     def predict(self, image: Volume) -> Volume:
         """The label map of `image` on exactly its grid (shape, spacing, origin, direction)."""
+        return self.segment(image).labels
+
+    def segment(self, image: Volume, evidence: bool = False) -> Segmentation:
+        """`predict`, and with `evidence` the scores that say how far to trust the result (see `Segmentation`)."""
         transform = canonical_transform(image.geometry)
         geometry = transform.apply_geometry(image.geometry)
         normalized = normalize_ct(transform.apply(image.array), self.config.window_hu)
-        box = self.locate(normalized, geometry.spacing_mm)
-        region = self.segment_region(normalized, box)
-        labels = paste(region, box, normalized.shape)
+        coarse = self.coarse_labels(normalized)
+        box = self.box_from_coarse(coarse, normalized.shape, geometry.spacing_mm)
+        logits = self.region_logits(normalized, box)
+        labels = paste(self.logits_to_region(logits, box), box, normalized.shape)
         if self.config.largest_component:
             labels = keep_largest_component(labels)
-        return Volume(np.ascontiguousarray(transform.inverse().apply(labels)), image.geometry)
+        scores = self._evidence(normalized, geometry.spacing_mm, coarse, box, logits, labels) if evidence else {}
+        return Segmentation(Volume(np.ascontiguousarray(transform.inverse().apply(labels)), image.geometry), scores)
 
     def locate(self, normalized: np.ndarray, spacing_mm: tuple[float, float, float]) -> Box:
         """Stage 1: the organs' box on the canonical volume, grown by the margin; the whole volume if none."""
+        return self.box_from_coarse(self.coarse_labels(normalized), normalized.shape, spacing_mm)
+
+    def coarse_labels(self, normalized: np.ndarray) -> np.ndarray:
+        """Stage 1's label map of the whole canonical volume, on its own grid."""
         grid = self.config.stage1.grid
         whole = Box.whole(normalized.shape)
         stage_input = StageInput(resample_image(normalized, grid)[None, None], whole, normalized.shape)
-        coarse = self.stage1(stage_input)[0].argmax(0).numpy().astype(np.uint8)
-        coarse = keep_largest_component(coarse)  # a stray blob must not stretch the box
-        if not coarse.any():
-            warnings.warn("stage 1 found no organ; stage 2 segments the whole volume", stacklevel=2)
-            return whole
-        box_on_grid = bounding_box(coarse > 0, spacing_mm=(1.0, 1.0, 1.0))
-        box = _grid_box_to_volume(box_on_grid, grid, normalized.shape)
+        return self.stage1(stage_input)[0].argmax(0).numpy().astype(np.uint8)
+
+    def box_from_coarse(
+        self, coarse: np.ndarray, shape: tuple[int, int, int], spacing_mm: tuple[float, float, float]
+    ) -> Box:
+        """The box of stage 1's largest organ blob on the volume, grown by the margin; the whole volume if none."""
+        largest = keep_largest_component(coarse)  # a stray blob must not stretch the box
+        if not largest.any():
+            warnings.warn("stage 1 found no organ; stage 2 segments the whole volume", stacklevel=3)
+            return Box.whole(shape)
+        box_on_grid = bounding_box(largest > 0, spacing_mm=(1.0, 1.0, 1.0))
+        box = _grid_box_to_volume(box_on_grid, coarse.shape, shape)
         margins = np.full((2, 3), self.config.crop.margin_mm)
-        return grow_box(box, spacing_mm, margins, np.zeros(3), normalized.shape)
+        return grow_box(box, spacing_mm, margins, np.zeros(3), shape)
 
     def segment_region(self, normalized: np.ndarray, box: Box) -> np.ndarray:
         """Stage 2 on `box`: labels (uint8/uint16) on the region's own voxels."""
+        return self.logits_to_region(self.region_logits(normalized, box), box)
+
+    def region_logits(self, normalized: np.ndarray, box: Box) -> torch.Tensor:
+        """Stage 2's logits (C, G2...) for the region `box` of the canonical volume."""
         region = np.ascontiguousarray(crop(normalized, box))
         stage_input = StageInput(resample_image(region, self.config.stage2.grid)[None, None], box, normalized.shape)
-        logits = self.stage2(stage_input)[0]
+        return self.stage2(stage_input)[0]
+
+    def logits_to_region(self, logits: torch.Tensor, box: Box) -> np.ndarray:
+        """Stage 2's logits taken back to the region's voxels and turned into labels."""
         # Linear where the region has more voxels than the grid; where it has fewer, the
         # logits at each voxel's centre, so a grid finer than the image loses nothing.
         logits_back = resample_image(logits, box.shape, shrink="nearest")  # (C, region...)
         dtype = np.uint8 if logits.shape[0] <= 256 else np.uint16
         return logits_back.argmax(0).numpy().astype(dtype)
+
+    def _evidence(
+        self,
+        normalized: np.ndarray,
+        spacing_mm: tuple[float, float, float],
+        coarse: np.ndarray,
+        box: Box,
+        logits: torch.Tensor,
+        labels: np.ndarray,
+    ) -> dict[str, float]:
+        """Three views of how sure the model is; each in [0, 1], 1 the most trustworthy."""
+        probabilities = torch.softmax(logits.float(), dim=0)
+        confidence, winner = probabilities.max(dim=0)
+        organs = winner > 0
+        # Stage 1 and stage 2 are separate networks: where both see the same organs, they agree.
+        final_on_grid1 = resample_labels(labels, coarse.shape, "nearest").numpy()
+        if self.config.stage1_target == "foreground" or coarse.max() <= 1:
+            stage_agreement = mean_dice((final_on_grid1 > 0).astype(np.uint8), (coarse > 0).astype(np.uint8))
+        else:
+            stage_agreement = mean_dice(final_on_grid1, coarse)
+        # Stage 2 was trained on loose and tight boxes; a looser box should not change its answer.
+        loose = grow_box(box, spacing_mm, np.full((2, 3), LOOSE_BOX_MM), np.zeros(3), normalized.shape)
+        in_loose = self.segment_region(normalized, loose)
+        offset = tuple(slice(a - b, a - b + n) for a, b, n in zip(box.start, loose.start, box.shape))
+        crop_agreement = mean_dice(self.logits_to_region(logits, box), in_loose[offset])
+        return {
+            "confidence": float(confidence[organs].mean()) if organs.any() else 0.0,
+            "stage_agreement": stage_agreement,
+            "crop_agreement": crop_agreement,
+        }
+
+
+def mean_dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean Dice over the labels present in either map (1 when both are empty)."""
+    present = np.union1d(np.unique(a), np.unique(b))
+    present = present[present > 0]
+    if present.size == 0:
+        return 1.0
+    scores = dice_per_class(np.asarray(a), np.asarray(b), [int(label) for label in present])
+    return float(np.mean(list(scores.values())))
 
 
 def _grid_box_to_volume(box: Box, grid: tuple[int, int, int], shape: tuple[int, int, int]) -> Box:

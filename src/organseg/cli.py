@@ -7,6 +7,7 @@ Heavy modules (torch, SimpleITK, matplotlib) are imported inside the handlers so
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import traceback
 import warnings
@@ -81,7 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_check(commands)
     _add_train(commands)
     _add_predict(commands)
+    _add_pseudo_label(commands)
+    _add_ssl(commands)
     _add_evaluate(commands)
+    _add_report(commands)
     _add_demo(commands)
     return parser
 
@@ -230,14 +234,114 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
     command.add_argument("input", type=Path, help="image file, DICOM series folder, or folder of images")
     command.add_argument("output", type=Path, help="label map file (for one input) or folder")
     command.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    command.add_argument(
+        "--profile",
+        action="store_true",
+        help="record each case's time, memory, CPU and GPU use (FLARE22 style) in profile.csv and "
+        "profile.json in OUTPUT (or CASE.profile.csv/.json beside a single output file)",
+    )
     command.set_defaults(handler=_run_predict)
 
 
 def _run_predict(args: argparse.Namespace) -> None:
-    from organseg.predict import run_prediction
+    from organseg.predict import profile_paths, run_prediction
 
-    written = run_prediction(args.run_dir, args.input, args.output, args.device, progress=sys.stderr.isatty())
+    written = run_prediction(
+        args.run_dir, args.input, args.output, args.device, progress=sys.stderr.isatty(), profile=args.profile
+    )
     print(f"wrote {len(written)} label map(s) to {args.output}")
+    if args.profile and written:
+        csv_path, json_path = profile_paths(args.output)
+        print(f"efficiency profile: {csv_path}, {json_path}")
+
+
+def _add_settings_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--preset", choices=("cpu", "paper", "tiny"), help="settings to start from (default: cpu)")
+    command.add_argument("--config", type=Path, help="JSON file of settings applied over the preset")
+    command.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a setting, e.g. stage1.epochs=50"
+    )
+
+
+def _add_pseudo_label(commands: argparse._SubParsersAction) -> None:
+    command = _subcommand(
+        commands,
+        "pseudo-label",
+        help="pseudo-label unlabelled images with a trained run, cleaned and scored",
+        description=(
+            "Segment every image of IMAGES_DIR with the run's model, clean each label map by connected "
+            "components, score it from the model's own evidence and decide which to keep. Writes one "
+            "label map per case and OUT_DIR/manifest.csv; a rerun skips finished cases."
+        ),
+    )
+    command.add_argument("run_dir", type=Path, help="a run folder made by organseg train (the teacher)")
+    command.add_argument("images_dir", type=Path, help="folder of unlabelled images")
+    command.add_argument("out_dir", type=Path, help="folder for the pseudo-labels and the manifest")
+    command.add_argument("--previous", type=Path, help="the previous round's pseudo-labels (their agreement is scored)")
+    command.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="an ssl setting, e.g. ssl.filter=fraction"
+    )
+    command.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    command.set_defaults(handler=_run_pseudo_label)
+
+
+def _run_pseudo_label(args: argparse.Namespace) -> None:
+    from organseg.config import Config, from_dict, resolve_config
+    from organseg.pseudolabel import run_pseudo_labelling
+
+    saved = args.run_dir / "config.json"
+    if not saved.is_file():
+        raise InputError(f"{args.run_dir}: no trained model (config.json); run organseg train first")
+    if any(not item.strip().startswith("ssl.") for item in args.set):
+        raise InputError("pseudo-label takes only ssl.* settings, e.g. --set ssl.filter=threshold")
+    config = from_dict(json.loads(saved.read_text()), base=Config(), source=str(saved))
+    settings = resolve_config(config.preset, overrides=[*_as_overrides(config.ssl), *args.set]).ssl
+    manifest = run_pseudo_labelling(
+        args.run_dir, args.images_dir, args.out_dir, settings, args.previous, args.device, sys.stderr.isatty()
+    )
+    kept = sum(row.kept for row in manifest)
+    print(f"{len(manifest)} pseudo-label(s), {kept} kept; manifest: {args.out_dir / 'manifest.csv'}")
+
+
+def _as_overrides(ssl_settings) -> list[str]:
+    """The run's saved ssl settings as key=value overrides, so --set applies on top of them."""
+    import dataclasses
+
+    return [f"ssl.{key}={json.dumps(value)}" for key, value in dataclasses.asdict(ssl_settings).items()]
+
+
+def _add_ssl(commands: argparse._SubParsersAction) -> None:
+    command = _subcommand(
+        commands,
+        "ssl",
+        help="semi-supervised training: teacher, pseudo-labels, student, in rounds",
+        description=(
+            "Train a teacher on the labelled cases, pseudo-label the unlabelled images, train a student "
+            "from scratch on both, and repeat with the student as the next teacher. Every round's models, "
+            "manifests and validation metrics are kept in RUN_DIR/roundN."
+        ),
+    )
+    _add_dataset_arguments(command)
+    command.add_argument("run_dir", type=Path, help="folder for all rounds")
+    command.add_argument("--rounds", type=int, help="students after the teacher (default: ssl.rounds, 1)")
+    _add_settings_arguments(command)
+    command.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    command.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    command.set_defaults(handler=_run_ssl)
+
+
+def _run_ssl(args: argparse.Namespace) -> None:
+    from organseg.config import DEFAULT_PRESET, resolve_config
+    from organseg.selftraining import run_ssl
+
+    config = None
+    if not args.resume:
+        rounds = [f"ssl.rounds={args.rounds}"] if args.rounds is not None else []
+        config = resolve_config(args.preset or DEFAULT_PRESET, args.config, [*args.set, *rounds])
+    elif args.preset or args.config or args.set or args.rounds is not None:
+        raise InputError("--resume continues a run with its saved settings; drop --preset, --config, --set, --rounds")
+    run_ssl(_dataset_from_args(args), args.run_dir, config, args.device, args.resume, sys.stderr.isatty())
+    print(f"rounds in {args.run_dir}; table: {args.run_dir / 'rounds.md'}")
 
 
 def _add_evaluate(commands: argparse._SubParsersAction) -> None:
@@ -281,6 +385,41 @@ def _run_evaluate(args: argparse.Namespace) -> None:
         print(f"organseg: warning: {warning}", file=sys.stderr)
     print((out / "summary.md").read_text())
     print(f"results in {out}")
+
+
+def _add_report(commands: argparse._SubParsersAction) -> None:
+    command = _subcommand(
+        commands,
+        "report",
+        help="an HTML quality report of predicted label maps (pictures, volumes, metrics, curves)",
+        description=(
+            "Draw every predicted label map in axial, coronal and sagittal planes over its CT, list organ "
+            "volumes, and with ground truth add DSC/NSD and prediction-vs-truth pictures; with a run, its "
+            "training curves. Open OUT/index.html in a browser (works offline)."
+        ),
+    )
+    command.add_argument("pred_dir", type=Path, help="folder of predicted label maps")
+    command.add_argument("--out", type=Path, help="output folder (default: PRED_DIR/report)")
+    command.add_argument("--images", type=Path, help="folder of the CT images that were predicted")
+    command.add_argument("--gt", type=Path, help="folder of ground-truth label maps (adds metrics)")
+    command.add_argument("--run", type=Path, help="the training run folder (adds its curves and logs)")
+    command.add_argument("--dataset-json", type=Path, help="label definitions (default: the run's, else FLARE22)")
+    command.add_argument("--workers", type=int, help="processes for the metrics (default: all cores)")
+    command.set_defaults(handler=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> None:
+    from organseg.labels import read_dataset_labels
+    from organseg.qa_report import run_qa_report
+
+    if args.workers is not None and args.workers < 1:
+        raise InputError(f"--workers must be >= 1, got {args.workers}")
+    label_set = read_dataset_labels(args.dataset_json) if args.dataset_json else None
+    out = args.out or args.pred_dir / "report"
+    index = run_qa_report(
+        args.pred_dir, out, args.images, args.gt, args.run, label_set, args.workers, progress=sys.stderr.isatty()
+    )
+    print(f"report in {index}")
 
 
 def _add_demo(commands: argparse._SubParsersAction) -> None:

@@ -59,6 +59,26 @@ class CropConfig:
 
 
 @dataclass(frozen=True)
+class SelfTrainingConfig:
+    """Pseudo-labels and self-training rounds (organseg pseudo-label, organseg ssl)."""
+
+    rounds: int = 1  # students trained after the teacher; each becomes the next round's teacher
+    # Clean-up of every pseudo-label by connected components (after the largest component per organ).
+    min_component_ml: float = 0.1  # pieces smaller than this are removed
+    fill_holes: bool = True
+    # Which pseudo-labelled cases the student learns from, by quality score (see organseg.pseudolabel):
+    # "none" keeps all, "threshold" those scoring >= min_score, "fraction" the best keep_fraction.
+    filter: str = "none"
+    min_score: float = 0.9
+    keep_fraction: float = 0.75
+    # Mini-batch composition: this share of every batch's samples comes from labelled cases
+    # (batch 4 and 0.25: one labelled sample in each batch; with batch 1, a labelled sample one
+    # step in four), so pseudo-labels cannot crowd the labelled cases out. 0 draws uniformly.
+    labeled_fraction: float = 0.25
+    pseudo_weight: float = 0.5  # loss weight of a pseudo-labelled sample (a labelled one weighs 1)
+
+
+@dataclass(frozen=True)
 class Config:
     preset: str = "cpu"
     seed: int = 0
@@ -74,6 +94,7 @@ class Config:
     stage2: StageConfig = field(default_factory=StageConfig)
     crop: CropConfig = field(default_factory=CropConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    ssl: SelfTrainingConfig = field(default_factory=SelfTrainingConfig)
 
 
 def _paper() -> Config:
@@ -274,8 +295,26 @@ def validate(config: Config) -> None:
     low, high = config.crop.train_margin_mm
     if config.crop.margin_mm < 0 or low < 0 or high < low or config.crop.train_shift_mm < 0:
         check("crop margins and shift must be >= 0 with train_margin_mm = [low, high], low <= high")
+    problems += _ssl_problems(config.ssl)
     if problems:
         raise InputError("invalid configuration: " + "; ".join(problems))
+
+
+def _ssl_problems(ssl: SelfTrainingConfig) -> list[str]:
+    problems = []
+    if ssl.rounds < 1:
+        problems.append(f"ssl.rounds must be >= 1, got {ssl.rounds}")
+    if ssl.min_component_ml < 0:
+        problems.append(f"ssl.min_component_ml must be >= 0, got {ssl.min_component_ml}")
+    if ssl.filter not in ("none", "threshold", "fraction"):
+        problems.append(f"ssl.filter must be 'none', 'threshold' or 'fraction', got '{ssl.filter}'")
+    if not 0 < ssl.keep_fraction <= 1:
+        problems.append(f"ssl.keep_fraction must be in (0, 1], got {ssl.keep_fraction}")
+    if not 0 <= ssl.labeled_fraction <= 1:
+        problems.append(f"ssl.labeled_fraction must be in [0, 1], got {ssl.labeled_fraction}")
+    if not 0 < ssl.pseudo_weight <= 1:
+        problems.append(f"ssl.pseudo_weight must be in (0, 1], got {ssl.pseudo_weight}")
+    return problems
 
 
 def _stage_problems(name: str, stage: StageConfig) -> list[str]:

@@ -2,36 +2,77 @@
 
 Each label map is written atomically on exactly its input's grid. In folder mode, label
 maps already present are skipped, so an interrupted batch resumes where it stopped.
+
+With `profile`, each case's reading, prediction and writing is profiled (see
+`organseg.profiling`): OUTPUT/profile.csv and profile.json when OUTPUT is a folder, else
+beside the label map (`case.nii.gz` -> `case.profile.csv`, `case.profile.json`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import time
+import warnings
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
+from organseg.atomic import split_suffix
 from organseg.cascade import Segmenter
 from organseg.dataset import Case, discover_dataset, is_dicom_series
+from organseg.device import resolve_device
 from organseg.errors import InputError
-from organseg.io import case_id, is_image_path, read_image, write_label
+from organseg.io import Volume, case_id, is_image_path, read_image, write_label
+from organseg.profiling import Profiler, write_profile
 
 OUTPUT_SUFFIX = ".nii.gz"
 
 
 def run_prediction(
-    run_dir: Path, source: Path, output: Path, device: str = "auto", progress: bool = True
+    run_dir: Path, source: Path, output: Path, device: str = "auto", progress: bool = True, profile: bool = False
 ) -> list[Path]:
-    """Segment `source` into `output`; returns the label maps written."""
+    """Segment `source` into `output`; returns the label maps written.
+
+    With `profile`, also writes the efficiency profile of every case predicted (see the module notes).
+    """
     source, output = Path(source), Path(output)
     jobs = _jobs(source, output)
+    loading = time.perf_counter()
     segmenter = Segmenter.from_run(run_dir, device)
+    load_s = time.perf_counter() - loading
+    profiler = Profiler.for_device(resolve_device(device)) if profile else None
     written = []
     for case, target in tqdm(jobs, desc="predicting", unit="case", disable=not progress):
-        image = read_image(case.image)
-        labels = segmenter.predict(image)
-        write_label(labels.array, labels.geometry, target)
+        with profiler.case(case.case_id) if profiler else contextlib.nullcontext():
+            image = read_image(case.image)
+            labels = _segment(segmenter, image, case.image)
+            write_label(labels.array, labels.geometry, target)
         written.append(target)
+        if profiler:
+            # After every case: an interrupted batch keeps the profile of what it finished.
+            write_profile(
+                profiler.rows, *profile_paths(output), {**profiler.settings, "model_load_s": round(load_s, 4)}
+            )
     return written
+
+
+def _segment(segmenter: Segmenter, image: Volume, path: Path) -> Volume:
+    """The label map of `image`; empty, with a warning, for a constant image (it shows no anatomy)."""
+    low, high = image.array.min(), image.array.max()
+    if low == high:
+        message = f"{path}: image is constant ({low:g} everywhere), so it shows no organs; writing an empty label map"
+        warnings.warn(message, stacklevel=2)
+        return Volume(np.zeros(image.array.shape, np.uint8), image.geometry)
+    return segmenter.predict(image)
+
+
+def profile_paths(output: Path) -> tuple[Path, Path]:
+    """Where `run_prediction` writes the profile (CSV, JSON) for `output`: inside a folder, else beside the file."""
+    if output.is_dir():
+        return output / "profile.csv", output / "profile.json"
+    stem, _ = split_suffix(output)
+    return output.with_name(f"{stem}.profile.csv"), output.with_name(f"{stem}.profile.json")
 
 
 def _jobs(source: Path, output: Path) -> list[tuple[Case, Path]]:

@@ -45,12 +45,13 @@ class PreparedCase:
     grid1_image: np.ndarray  # (G1...) float16, normalised
     grid1_labels: np.ndarray  # (G1...)
     weight: float = 1.0  # loss weight of this case's samples (pseudo-labels weigh less)
+    pseudo: bool = False  # labelled by a model, not a person
 
 
 def prepare_cases(
-    cases: list[Case], cache_dir: Path, config: Config, progress: bool = True, weight: float = 1.0
+    cases: list[Case], cache_dir: Path, config: Config, progress: bool = True, pseudo: bool = False
 ) -> list[PreparedCase]:
-    """Prepare (or reuse from `cache_dir`) every labelled case."""
+    """Prepare (or reuse from `cache_dir`) every case; `pseudo` marks pseudo-labelled ones."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     settings = _settings(config)
     prepared = []
@@ -58,7 +59,8 @@ def prepare_cases(
         meta_path = cache_dir / f"{case.case_id}.json"
         if not _is_current(meta_path, settings, case):
             _write_case(case, cache_dir, config, settings)
-        prepared.append(_load_case(cache_dir, case.case_id, weight))
+        weight = config.ssl.pseudo_weight if pseudo else 1.0
+        prepared.append(_load_case(cache_dir, case.case_id, weight, pseudo))
     return prepared
 
 
@@ -115,7 +117,7 @@ def _write_case(case: Case, cache_dir: Path, config: Config, settings: dict) -> 
         temporary.write_text(json.dumps(meta))
 
 
-def _load_case(cache_dir: Path, case_id: str, weight: float) -> PreparedCase:
+def _load_case(cache_dir: Path, case_id: str, weight: float, pseudo: bool) -> PreparedCase:
     meta = json.loads((cache_dir / f"{case_id}.json").read_text())
 
     def array(name: str) -> np.ndarray:
@@ -132,4 +134,5 @@ def _load_case(cache_dir: Path, case_id: str, weight: float) -> PreparedCase:
         grid1_image=array("grid1_image"),
         grid1_labels=array("grid1_labels"),
         weight=weight,
+        pseudo=pseudo,
     )

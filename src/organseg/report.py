@@ -150,3 +150,52 @@ def save_training_curve(rows: list[dict], path: Path, title: str | None = None) 
     figure.tight_layout()
     with atomic_write(path) as temporary:
         figure.savefig(temporary, format="png")
+
+
+def save_comparison_png(
+    image: Volume,
+    prediction: Volume,
+    ground_truth: Volume,
+    path: Path,
+    label_set: LabelSet = FLARE22,
+    title: str | None = None,
+) -> None:
+    """Prediction (top row) and ground truth (bottom row) on the same three planes of the CT; atomic PNG.
+
+    The planes pass through the centre of both label maps together, so a missed or extra
+    organ shows in the same picture as its counterpart. Conventions as `save_overlay_png`.
+    """
+    from matplotlib.figure import Figure
+
+    for name, labels in (("prediction", prediction), ("ground truth", ground_truth)):
+        if labels.geometry.shape != image.geometry.shape:
+            raise ValueError(f"{name} shape {labels.geometry.shape} does not match image shape {image.geometry.shape}")
+    transform = canonical_transform(image.geometry)
+    ct = transform.apply(image.array)
+    maps = [transform.apply(prediction.array), transform.apply(ground_truth.array)]
+    spacing = transform.apply_geometry(image.geometry).spacing_mm
+    centre = _centre(((maps[0] > 0) | (maps[1] > 0)).astype(np.uint8))
+    rows = [_planes(ct, label_map, spacing, centre) for label_map in maps]
+    widths = [panel[3] for panel in rows[0]]
+    height = max(panel[4] for panel in rows[0])
+    figure = Figure(figsize=(12, 2 * 12 * height / sum(widths) + 1.8), dpi=120)
+    grid = figure.add_gridspec(2, 3, width_ratios=widths, left=0.05, right=0.99, top=0.92, bottom=0.1, wspace=0.04)
+    for row, (row_name, panels) in enumerate(zip(("prediction", "ground truth"), rows)):
+        for column, (name, ct_plane, label_plane, width_mm, height_mm, marks) in enumerate(panels):
+            axes = figure.add_subplot(grid[row, column])
+            extent = (0, width_mm, height_mm, 0)
+            axes.imshow(ct_plane, cmap="gray", vmin=CT_WINDOW_HU[0], vmax=CT_WINDOW_HU[1], extent=extent)
+            axes.imshow(_colour(label_plane), extent=extent, interpolation="nearest")
+            for text, (u, v) in zip(marks, ((0.02, 0.5), (0.98, 0.5), (0.5, 0.98), (0.5, 0.02))):
+                axes.text(u, v, text, transform=axes.transAxes, color="yellow", ha="center", va="center", fontsize=10)
+            axes.set_xticks([])
+            axes.set_yticks([])
+            if row == 0:
+                axes.set_title(name, fontsize=11)
+            if column == 0:
+                axes.set_ylabel(row_name, fontsize=11)
+    _legend(figure, [panel[2] for panels in rows for panel in panels], label_set)
+    if title:
+        figure.suptitle(title, fontsize=12)
+    with atomic_write(path) as temporary:
+        figure.savefig(temporary, format="png")

@@ -34,10 +34,14 @@ def run_training(
     device: str = "auto",
     resume: bool = False,
     progress: bool = True,
+    pseudo_cases: list[Case] = (),
+    cache_dir: Path | None = None,
 ) -> dict[str, dict]:
     """Train the stages of a run on a dataset's labelled cases; returns each stage's last log row.
 
     With `resume`, the run's saved configuration is used and `config` must be None.
+    `pseudo_cases` (image + pseudo-label) join the training cases, never the validation
+    ones; `cache_dir` (default RUN_DIR/cache) lets several runs share prepared cases.
     """
     run_dir = Path(run_dir)
     config = _run_config(run_dir, config, resume, stages)
@@ -47,8 +51,12 @@ def run_training(
     train_cases, val_cases = _split(run_dir, dataset.labeled, config, resume)
     _write_json(run_dir / "labels.json", dataset.label_set.to_json())
     torch_device = resolve_device(device)
-    prepared = prepare_cases(train_cases + val_cases, run_dir / "cache", config, progress)
+    cache_dir = Path(cache_dir) if cache_dir else run_dir / "cache"
+    prepared = prepare_cases(train_cases + val_cases, cache_dir, config, progress)
     train_prepared, val_prepared = prepared[: len(train_cases)], prepared[len(train_cases) :]
+    if pseudo_cases:
+        # Pseudo-labels change from round to round: kept apart from the shared cache.
+        train_prepared += prepare_cases(list(pseudo_cases), run_dir / "cache_pseudo", config, progress, pseudo=True)
     results = {}
     for stage in stages:
         results[stage] = train_stage(

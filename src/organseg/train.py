@@ -134,10 +134,8 @@ def _initial_state(run: StageRun) -> StageState:
 
 
 def _train_step(run: StageRun, state: StageState, cases: list[PreparedCase]) -> float:
-    batch = state.rng.choice(len(cases), size=run.stage.batch_size, replace=len(cases) < run.stage.batch_size)
     images, targets, weights = [], [], []
-    for index in batch:
-        case = cases[int(index)]
+    for case in draw_batch(cases, run.stage.batch_size, run.config.ssl.labeled_fraction, state.rng):
         image, labels = _sample(run, case, state.rng)
         pairs = () if run.foreground_only else run.label_set.mirror_pairs()
         image, labels = augment(image, labels, run.config.augment, state.generator, pairs)
@@ -152,6 +150,32 @@ def _train_step(run: StageRun, state: StageState, cases: list[PreparedCase]) -> 
     loss.backward()
     state.optimizer.step()
     return float(loss.detach())
+
+
+def draw_batch(
+    cases: list[PreparedCase], batch_size: int, labeled_fraction: float, rng: np.random.Generator
+) -> list[PreparedCase]:
+    """The cases of one mini-batch.
+
+    Without pseudo-labelled cases (or with `labeled_fraction` 0), uniformly from all. With
+    them, floor(f * B) samples come from labelled cases and one more with probability
+    frac(f * B), so on average exactly a share f of the samples is labelled at any batch
+    size, however many pseudo-labelled cases there are (the paper's batches of 4 drew
+    uniformly, and its pseudo-labels crowded the labelled cases out).
+    """
+    labeled = [case for case in cases if not case.pseudo]
+    pseudo = [case for case in cases if case.pseudo]
+    if not pseudo or not labeled or labeled_fraction == 0:
+        chosen = rng.choice(len(cases), size=batch_size, replace=len(cases) < batch_size)
+        return [cases[int(index)] for index in chosen]
+    expected = labeled_fraction * batch_size
+    count = int(expected) + int(rng.random() < expected - int(expected))
+    return _pick(labeled, count, rng) + _pick(pseudo, batch_size - count, rng)
+
+
+def _pick(cases: list[PreparedCase], count: int, rng: np.random.Generator) -> list[PreparedCase]:
+    chosen = rng.choice(len(cases), size=count, replace=len(cases) < count)
+    return [cases[int(index)] for index in chosen]
 
 
 def _sample(run: StageRun, case: PreparedCase, rng: np.random.Generator | None):

@@ -24,6 +24,8 @@ Gaussian low-pass (1.4-2.9 s per axis with PyTorch convolutions).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from scipy import ndimage
@@ -157,4 +159,7 @@ def _as_tensor(array: np.ndarray | torch.Tensor) -> torch.Tensor:
         return array
     if array.dtype == np.uint16:
         array = array.astype(np.int32)  # torch has no uint16 arithmetic on all versions
-    return torch.from_numpy(np.ascontiguousarray(array))
+    with warnings.catch_warnings():
+        # Read-only inputs (memory maps, image views) are only ever read here: no copy needed.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.ascontiguousarray(array))

@@ -1,0 +1,234 @@
+"""Pseudo-labels: a trained cascade on unlabelled images, cleaned, scored and filtered.
+
+`organseg pseudo-label RUN_DIR IMAGES_DIR OUT_DIR` writes into OUT_DIR:
+
+  {case}.nii.gz   the cleaned label map of each image, on exactly its grid
+  scores.jsonl    one line per finished case, appended after its label map is in place;
+                  a rerun skips the cases listed here, so a killed run resumes
+  source.json     the model that made them (a rerun with another model is refused)
+  manifest.csv    case, quality score and its parts, organ volumes (mL), kept, reason
+  manifest.json   the same, with the filter rule that decided `kept`
+
+Clean-up (after the cascade's largest component per organ): pieces under
+`ssl.min_component_ml` removed, cavities enclosed by one organ filled.
+
+Quality score: the mean of the model's own evidence (organseg.cascade.Segmentation):
+stage 2's confidence, stage 1 / stage 2 agreement, agreement between two crops, and, from
+the second round on, agreement with the previous round's pseudo-label. A case where no
+organ was found is always rejected; the filter (`ssl.filter`) keeps all others, those above
+a threshold, or the best fraction.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as text_io
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from organseg.atomic import atomic_write, sweep_partials
+from organseg.cascade import Segmenter, mean_dice
+from organseg.config import SelfTrainingConfig
+from organseg.dataset import Case, discover_dataset
+from organseg.errors import InputError
+from organseg.io import Volume, read_image, read_label, write_label
+from organseg.labels import LabelSet
+from organseg.metrics import organ_volumes_ml
+from organseg.postprocess import fill_holes, keep_largest_component, remove_small_components
+
+LABEL_SUFFIX = ".nii.gz"
+SCORES = "scores.jsonl"
+SOURCE = "source.json"
+MANIFEST = "manifest.csv"
+EVIDENCE_KEYS = {"confidence", "stage_agreement", "crop_agreement", "previous_agreement"}
+
+
+@dataclass(frozen=True)
+class PseudoLabel:
+    """One row of the manifest."""
+
+    case_id: str
+    image: Path
+    label: Path
+    score: float
+    kept: bool
+    reason: str  # why it was rejected ("" when kept)
+
+
+def run_pseudo_labelling(
+    run_dir: Path,
+    images: Path | list[Case],
+    out_dir: Path,
+    settings: SelfTrainingConfig | None = None,
+    previous_dir: Path | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> list[PseudoLabel]:
+    """Pseudo-label every image (a folder or a list of cases) with the run's model; returns the manifest.
+
+    `settings` defaults to the run's own `ssl` settings. `previous_dir` holds the previous
+    round's pseudo-labels, whose agreement then joins the quality score.
+    """
+    out_dir = Path(out_dir)
+    cases = _image_cases(images) if isinstance(images, Path) else list(images)
+    segmenter = Segmenter.from_run(run_dir, device)
+    settings = settings or segmenter.config.ssl
+    _claim(out_dir, Path(run_dir))
+    sweep_partials(out_dir)  # what a killed run was writing; its case is redone below
+    done = read_scores(out_dir)
+    todo = [case for case in cases if not (case.case_id in done and _label_path(out_dir, case).is_file())]
+    for case in tqdm(todo, desc="pseudo-labelling", unit="case", disable=not progress):
+        done[case.case_id] = _pseudo_label_case(segmenter, case, out_dir, settings, previous_dir)
+    rows = [done[case.case_id] for case in cases]
+    return write_manifest(out_dir, cases, rows, settings, segmenter.label_set)
+
+
+def _image_cases(folder: Path) -> list[Case]:
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such folder; give the folder of unlabelled images")
+    dataset = discover_dataset(None, images=folder)
+    if dataset.problems:
+        raise InputError("\n".join(dataset.problems))
+    if not dataset.labeled:
+        raise InputError(f"{folder}: no images found; give a folder of CT images (.nii.gz, .nrrd, .mha, DICOM)")
+    return list(dataset.labeled)
+
+
+def _claim(out_dir: Path, run_dir: Path) -> None:
+    """Record which model writes here; refuse to mix two models' pseudo-labels in one folder."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / SOURCE
+    source = {"run_dir": str(run_dir.resolve())}
+    if path.is_file():
+        if json.loads(path.read_text()) != source:
+            raise InputError(f"{out_dir}: holds pseudo-labels of another model ({path}); choose a new OUT_DIR")
+        return
+    with atomic_write(path) as temporary:
+        temporary.write_text(json.dumps(source) + "\n")
+
+
+def _label_path(out_dir: Path, case: Case) -> Path:
+    return out_dir / f"{case.case_id}{LABEL_SUFFIX}"
+
+
+def _pseudo_label_case(
+    segmenter: Segmenter, case: Case, out_dir: Path, settings: SelfTrainingConfig, previous_dir: Path | None
+) -> dict:
+    image = read_image(case.image)
+    segmentation = segmenter.segment(image, evidence=True)
+    labels = clean_pseudo_label(segmentation.labels, settings)
+    evidence = dict(segmentation.evidence)
+    previous = previous_dir / f"{case.case_id}{LABEL_SUFFIX}" if previous_dir else None
+    if previous is not None and previous.is_file():
+        evidence["previous_agreement"] = mean_dice(labels.array, read_label(previous).array)
+    volumes = organ_volumes_ml(labels, segmenter.label_set)
+    row = {
+        "case": case.case_id,
+        "image": str(case.image),
+        "score": float(np.mean(list(evidence.values()))),
+        "organs_found": sum(volume > 0 for volume in volumes.values()),
+        **{name: round(value, 6) for name, value in evidence.items()},
+        "volumes_ml": {segmenter.label_set.name(label): round(volume, 3) for label, volume in volumes.items()},
+    }
+    write_label(labels.array, labels.geometry, _label_path(out_dir, case))
+    _append_score(out_dir, row)
+    return row
+
+
+def clean_pseudo_label(labels: Volume, settings: SelfTrainingConfig) -> Volume:
+    """Largest component per organ, small pieces removed, enclosed holes filled."""
+    array = keep_largest_component(labels.array)
+    if settings.min_component_ml > 0:
+        array = remove_small_components(array, labels.geometry.spacing_mm, settings.min_component_ml)
+    if settings.fill_holes:
+        array = fill_holes(array)
+    return Volume(array, labels.geometry)
+
+
+def _append_score(out_dir: Path, row: dict) -> None:
+    # One write of one line, flushed to disk: a kill leaves at worst a torn last line,
+    # which read_scores ignores (that case is then redone) and the next row starts after.
+    path = out_dir / SCORES
+    torn = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
+    with open(path, "a") as scores:
+        scores.write(("\n" if torn else "") + json.dumps(row) + "\n")
+        scores.flush()
+        os.fsync(scores.fileno())
+
+
+def read_scores(out_dir: Path) -> dict[str, dict]:
+    """The finished cases' rows, by case id (the last row wins)."""
+    path = Path(out_dir) / SCORES
+    rows = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            rows[row["case"]] = row
+    return rows
+
+
+def decide(rows: list[dict], settings: SelfTrainingConfig) -> list[tuple[bool, str]]:
+    """(kept, reason) for each row under the filter rule."""
+    usable = [row for row in rows if row["organs_found"] > 0]
+    cut = -math.inf
+    if settings.filter == "threshold":
+        cut = settings.min_score
+    elif settings.filter == "fraction" and usable:
+        ranked = sorted((row["score"] for row in usable), reverse=True)
+        cut = ranked[max(1, math.ceil(settings.keep_fraction * len(ranked))) - 1]
+    decisions = []
+    for row in rows:
+        if row["organs_found"] == 0:
+            decisions.append((False, "no organ found"))
+        elif row["score"] < cut:
+            rule = (
+                f"below the threshold {settings.min_score:g}"
+                if settings.filter == "threshold"
+                else f"not in the best {settings.keep_fraction:.0%}"
+            )
+            decisions.append((False, f"score {row['score']:.3f} {rule}"))
+        else:
+            decisions.append((True, ""))
+    return decisions
+
+
+def write_manifest(
+    out_dir: Path, cases: list[Case], rows: list[dict], settings: SelfTrainingConfig, label_set: LabelSet
+) -> list[PseudoLabel]:
+    """manifest.csv and manifest.json (atomically); returns the manifest."""
+    decisions = decide(rows, settings)
+    manifest = [
+        PseudoLabel(case.case_id, case.image, _label_path(out_dir, case), row["score"], kept, reason)
+        for case, row, (kept, reason) in zip(cases, rows, decisions)
+    ]
+    records = [{**row, "kept": kept, "reason": reason} for row, (kept, reason) in zip(rows, decisions)]
+    rule = {"filter": settings.filter, "min_score": settings.min_score, "keep_fraction": settings.keep_fraction}
+    with atomic_write(out_dir / "manifest.json") as temporary:
+        temporary.write_text(json.dumps({"rule": rule, "cases": records}, indent=2) + "\n")
+    with atomic_write(out_dir / MANIFEST) as temporary:
+        temporary.write_text(_manifest_csv(records, label_set))
+    return manifest
+
+
+def _manifest_csv(records: list[dict], label_set: LabelSet) -> str:
+    evidence = sorted({key for record in records for key in record} & EVIDENCE_KEYS)
+    organs = [name for _, name in sorted(label_set.names)]
+    header = ["case", "kept", "reason", "score", *evidence, "organs_found", *(f"{name} (mL)" for name in organs)]
+    buffer = text_io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for record in records:
+        values = [record["case"], record["kept"], record["reason"], f"{record['score']:.4f}"]
+        values += [f"{record[key]:.4f}" if key in record else "" for key in evidence]
+        values += [record["organs_found"], *(record["volumes_ml"].get(name, 0.0) for name in organs)]
+        writer.writerow(values)
+    return buffer.getvalue()
