@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from organseg.losses import dice_ce_loss, dice_ce_per_sample, dice_per_class, soft_dice_per_class
+from organseg.losses import IGNORE_LABEL, dice_ce_loss, dice_ce_per_sample, dice_per_class, soft_dice_per_class
 
 
 def _one_hot_logits(target: torch.Tensor, classes: int, margin: float = 100.0) -> torch.Tensor:
@@ -160,3 +160,17 @@ def test_dice_per_class_agrees_with_the_definition() -> None:
 def test_dice_per_class_bad_inputs(prediction, target, message) -> None:
     with pytest.raises(ValueError, match=message):
         dice_per_class(prediction, target, [1])
+
+
+def test_ignored_voxels_count_in_neither_term() -> None:
+    generator = torch.Generator().manual_seed(5)
+    logits = torch.randn(2, 4, 6, 6, 6, generator=generator, requires_grad=True)
+    target = torch.randint(0, 4, (2, 6, 6, 6), generator=generator)
+    target[:, :3] = IGNORE_LABEL
+    loss = dice_ce_loss(logits, target)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert (logits.grad[:, :, :3] == 0).all() and (logits.grad[:, :, 3:] != 0).any()
+    # The same as the loss of the known half alone.
+    half = logits.detach()[:, :, 3:].clone()
+    assert torch.allclose(loss, dice_ce_loss(half, target[:, 3:]), atol=1e-6)

@@ -17,10 +17,11 @@ import pytest
 
 from organseg import demo as demo_module
 from organseg.config import SelfTrainingConfig, resolve_config
-from organseg.dataset import discover_dataset
+from organseg.dataset import Case, discover_dataset
 from organseg.errors import InputError
 from organseg.geometry import Geometry
 from organseg.io import Volume, read_image, read_label
+from organseg.losses import IGNORE_LABEL
 from organseg.phantom import write_dataset
 from organseg.pseudolabel import clean_pseudo_label, decide, read_scores, run_pseudo_labelling
 from organseg.runs import run_training
@@ -268,3 +269,19 @@ def test_demo_writes_results_for_both_models(tmp_path: Path, monkeypatch, capsys
     assert results["semi_supervised"]["mean_dsc"] == saved["semi_supervised"]["mean_dsc"]
     out = capsys.readouterr().out
     assert "| organ | full supervision | semi-supervised |" in out and "results.json" in out
+
+
+def test_doubtful_voxels_become_unknown_and_a_student_trains_on_them(
+    phantoms: Path, teacher: Path, tmp_path: Path
+) -> None:
+    settings = SelfTrainingConfig(min_voxel_confidence=0.5)  # the tiny teacher doubts a lot
+    manifest = run_pseudo_labelling(teacher, phantoms / "imagesUnlabeled", tmp_path / "pl", settings, progress=False)
+    arrays = [read_label(row.label).array for row in manifest]
+    assert any((array == IGNORE_LABEL).any() for array in arrays)
+    records = json.loads((tmp_path / "pl" / "manifest.json").read_text())["cases"]
+    for record, array in zip(records, arrays):
+        assert record["unsure_percent"] == pytest.approx(100 * (array == IGNORE_LABEL).mean(), abs=1e-3)
+    pseudo = [Case(row.case_id, row.image, row.label) for row in manifest]
+    config = resolve_config("tiny", overrides=TINY)
+    run_training(discover_dataset(phantoms), tmp_path / "student", config, progress=False, pseudo_cases=pseudo)
+    assert (tmp_path / "student" / "stage2" / "best.pt").is_file()

@@ -63,6 +63,8 @@ class Segmentation:
 
     labels: Volume
     evidence: dict[str, float]
+    # With evidence: stage 2's top softmax probability per voxel (float16, the labels' grid).
+    confidence: np.ndarray | None = None
 
 
 class NetworkPredictor:
@@ -123,8 +125,15 @@ class Segmenter:
         labels = paste(self.logits_to_region(logits, box), box, normalized.shape)
         if self.config.largest_component:
             labels = keep_largest_component(labels)
-        scores = self._evidence(normalized, geometry.spacing_mm, coarse, box, logits, labels) if evidence else {}
-        return Segmentation(Volume(np.ascontiguousarray(transform.inverse().apply(labels)), image.geometry), scores)
+        result = Volume(np.ascontiguousarray(transform.inverse().apply(labels)), image.geometry)
+        if not evidence:
+            return Segmentation(result, {})
+        scores = self._evidence(normalized, geometry.spacing_mm, coarse, box, logits, labels)
+        # Stage 2's top probability at every voxel; outside its box stage 1 found no organ.
+        top = torch.softmax(logits.float(), dim=0).max(dim=0).values
+        top_region = resample_image(top[None], box.shape, shrink="nearest")[0].numpy().astype(np.float16)
+        top_volume = paste(top_region, box, normalized.shape, fill=1.0)
+        return Segmentation(result, scores, np.ascontiguousarray(transform.inverse().apply(top_volume)))
 
     def locate(self, normalized: np.ndarray, spacing_mm: tuple[float, float, float]) -> Box:
         """Stage 1: the organs' box on the canonical volume, grown by the margin; the whole volume if none."""

@@ -128,6 +128,7 @@ def _run_phantom(args: argparse.Namespace) -> None:
         test=args.test,
         seed=args.seed,
         shape=tuple(args.shape) if args.shape else None,
+        progress=sys.stderr.isatty(),
     )
     print(f"wrote phantom dataset to {root}")
 
@@ -427,15 +428,21 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
         commands,
         "demo",
         help="the main job on built-in synthetic data",
-        description="Generate a synthetic dataset, validate it and draw a case (training arrives with the model).",
+        description=(
+            "Generate a phantom dataset (few labelled, many unlabelled, a test set), train the full-supervision "
+            "model and the semi-supervised one (teacher, pseudo-labels, student), evaluate both on the test set, "
+            "print the per-organ DSC/NSD table and write OUT/results.json. About 15 minutes on 2 CPU cores; "
+            "--quick about 3. A rerun in the same folder resumes."
+        ),
     )
     command.add_argument("out", type=Path, nargs="?", default=Path("organseg_demo"), help="output folder")
     command.add_argument("--seed", type=int, default=0, help="random seed")
     command.add_argument("--quick", action="store_true", help="a smaller, faster version")
+    command.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     command.set_defaults(handler=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> None:
     from organseg.demo import run_demo
 
-    run_demo(args.out, seed=args.seed, quick=args.quick)
+    run_demo(args.out, seed=args.seed, quick=args.quick, device=args.device)

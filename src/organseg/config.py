@@ -66,6 +66,9 @@ class SelfTrainingConfig:
     # Clean-up of every pseudo-label by connected components (after the largest component per organ).
     min_component_ml: float = 0.1  # pieces smaller than this are removed
     fill_holes: bool = True
+    # Voxels where the teacher's top probability is below this are marked "unknown" (255) in
+    # the pseudo-label and left out of the student's loss; 0 marks none.
+    min_voxel_confidence: float = 0.0
     # Which pseudo-labelled cases the student learns from, by quality score (see organseg.pseudolabel):
     # "none" keeps all, "threshold" those scoring >= min_score, "fraction" the best keep_fraction.
     filter: str = "none"
@@ -306,6 +309,8 @@ def _ssl_problems(ssl: SelfTrainingConfig) -> list[str]:
         problems.append(f"ssl.rounds must be >= 1, got {ssl.rounds}")
     if ssl.min_component_ml < 0:
         problems.append(f"ssl.min_component_ml must be >= 0, got {ssl.min_component_ml}")
+    if not 0 <= ssl.min_voxel_confidence < 1:
+        problems.append(f"ssl.min_voxel_confidence must be in [0, 1), got {ssl.min_voxel_confidence}")
     if ssl.filter not in ("none", "threshold", "fraction"):
         problems.append(f"ssl.filter must be 'none', 'threshold' or 'fraction', got '{ssl.filter}'")
     if not 0 < ssl.keep_fraction <= 1:

@@ -5,7 +5,8 @@
    full-supervision model; one round of pseudo-labels and a student from scratch gives the
    semi-supervised model.
 3. Predict the test set with both and evaluate them (FLARE22 DSC and NSD).
-4. Print the per-organ table; write OUT_DIR/results.json and pictures.
+4. Print the per-organ table; write OUT_DIR/results.json and an HTML report of the
+   semi-supervised model's test predictions (OUT_DIR/report/index.html).
 
 The models use the `cpu` preset's networks and grids with shorter schedules (DEMO_SETTINGS),
 so the whole job fits in about 15 minutes on 2 CPU cores; both models get the same number
@@ -24,11 +25,10 @@ from organseg.config import Config, resolve_config
 from organseg.dataset import discover_dataset
 from organseg.errors import InputError
 from organseg.evaluate import run_evaluation
-from organseg.io import read_image, read_label
 from organseg.labels import LabelSet
 from organseg.phantom import write_dataset
 from organseg.predict import run_prediction
-from organseg.report import save_overlay_png
+from organseg.qa_report import run_qa_report
 from organseg.selftraining import round_dir, run_ssl
 from organseg.validation import summarize, validate_dataset
 
@@ -66,30 +66,39 @@ def run_demo(out: Path, seed: int = 0, quick: bool = False, device: str = "auto"
     out = Path(out)
     started = time.perf_counter()
     progress = sys.stderr.isatty()
-    dataset = _dataset(out / "dataset", seed, quick)
+    dataset = _dataset(out / "dataset", seed, quick, progress)
     run_dir = out / "ssl"
     resume = (run_dir / "config.json").is_file()
     config = None if resume else demo_config(quick, seed)
     run_ssl(dataset, run_dir, config, device, resume=resume, progress=progress)
     results = {}
     for name, index in MODELS.items():
-        results[name] = _test_model(round_dir(run_dir, index), dataset, out, name, device, progress)
+        results[name] = score_on_test_set(round_dir(run_dir, index), dataset, out, name, device, progress)
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["settings"] = {"quick": quick, "seed": seed, "cases": QUICK if quick else FULL}
     with atomic_write(out / "results.json") as temporary:
         temporary.write_text(json.dumps(results, indent=2) + "\n")
-    picture = _draw_test_case(out, dataset)
+    semi = results["semi_supervised"]["model_dir"]
+    report = run_qa_report(
+        out / "predictions" / "semi_supervised",
+        out / "report",
+        dataset.root / "imagesTs",
+        dataset.root / "labelsTs",
+        Path(semi),
+        dataset.label_set,
+        progress=progress,
+    )
     print(results_table(results, dataset.label_set))
-    print(f"results: {out / 'results.json'}; evaluation reports: {out / 'evaluation'}; picture: {picture}")
+    print(f"results: {out / 'results.json'}; report (pictures, metrics, curves): {report}")
     print(f"predict with the semi-supervised model: organseg predict {results['semi_supervised']['model_dir']} IN OUT")
     return results
 
 
-def _dataset(folder: Path, seed: int, quick: bool):
+def _dataset(folder: Path, seed: int, quick: bool, progress: bool):
     if (folder / "dataset.json").is_file():
         print(f"reusing the phantom dataset in {folder}")
     else:
-        write_dataset(folder, seed=seed, **(QUICK if quick else FULL))
+        write_dataset(folder, seed=seed, progress=progress, **(QUICK if quick else FULL))
     dataset = discover_dataset(folder)
     report = validate_dataset(dataset, progress=False)
     print(summarize(dataset, report))
@@ -98,8 +107,8 @@ def _dataset(folder: Path, seed: int, quick: bool):
     return dataset
 
 
-def _test_model(model_dir: Path, dataset, out: Path, name: str, device: str, progress: bool) -> dict:
-    """Predict and evaluate the test set with one model: per-organ and mean DSC and NSD."""
+def score_on_test_set(model_dir: Path, dataset, out: Path, name: str, device: str, progress: bool) -> dict:
+    """Predict the test set with one model into OUT/predictions/NAME, evaluate: per-organ and mean DSC, NSD."""
     predictions = out / "predictions" / name
     run_prediction(model_dir, dataset.root / "imagesTs", predictions, device, progress)
     evaluation = run_evaluation(predictions, dataset.root / "labelsTs", out / "evaluation" / name, progress=False)
@@ -122,16 +131,3 @@ def results_table(results: dict, label_set: LabelSet) -> str:
     means = [f"{results[m]['mean_dsc']:.3f} / {results[m]['mean_nsd']:.3f}" for m in MODELS]
     lines.append("| **mean** | " + " | ".join(means) + " |")
     return "\n".join(lines)
-
-
-def _draw_test_case(out: Path, dataset) -> Path:
-    """The first test case with the semi-supervised model's labels (top) and the truth (bottom)."""
-    case = dataset.test[0]
-    predicted = out / "predictions" / "semi_supervised" / f"{case.case_id}.nii.gz"
-    image = read_image(case.image)
-    picture = out / f"{case.case_id}_semi_supervised.png"
-    save_overlay_png(image, read_label(predicted), picture, dataset.label_set, title=f"{case.case_id}: predicted")
-    save_overlay_png(
-        image, read_label(case.label), out / f"{case.case_id}_truth.png", dataset.label_set, title="ground truth"
-    )
-    return picture

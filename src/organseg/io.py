@@ -5,12 +5,14 @@ SimpleITK's GetArrayFromImage gives [k, j, i], so every array crossing this modu
 transposed here and nowhere else.
 
 Reads are checked before they are trusted: SimpleITK fills a truncated NIfTI with zeros
-without complaint, so NIfTI data size and gzip streams are verified first.
+without complaint, so NIfTI data size and gzip streams are verified first, and so are the
+header fields ITK misreads (a zero voxel size, a NaN or infinite qform/sform).
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 import zlib
 from dataclasses import dataclass
@@ -188,6 +190,8 @@ def _to_volume(image: sitk.Image, path: Path) -> Volume:
     direction = np.asarray(image.GetDirection()).reshape(3, 3)
     if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
         raise InputError(f"{path}: direction cosines are not orthonormal; fix the header")
+    if not np.isfinite(image.GetOrigin()).all():
+        raise InputError(f"{path}: origin {image.GetOrigin()} is not a finite position; fix the header")
     geometry = Geometry(image.GetSize(), spacing, image.GetOrigin(), image.GetDirection())
     # Keep a reference to `image` until the copy is made: a view of a freed image crashes.
     array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
@@ -217,6 +221,28 @@ def _as_scalar_3d(image: sitk.Image, path: Path) -> sitk.Image:
 # vox_offset offset, vox_offset type) by header size, from the NIfTI-1 and NIfTI-2 specifications.
 _NIFTI_LAYOUTS = {348: (40, "8h", 70, 72, 108, "f"), 540: (16, "8q", 12, 14, 168, "q")}
 _NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32 and float64
+# Bytes per voxel by NIfTI datatype code: readers size the data by the datatype, whatever bitpix says.
+_NIFTI_VOXEL_BYTES = {
+    2: 1,  # uint8
+    4: 2,  # int16
+    8: 4,  # int32
+    16: 4,  # float32
+    32: 8,  # complex64
+    64: 8,  # float64
+    128: 3,  # RGB
+    256: 1,  # int8
+    512: 2,  # uint16
+    768: 4,  # uint32
+    1024: 8,  # int64
+    1280: 8,  # uint64
+    1536: 16,  # float128
+    1792: 16,  # complex128
+    2048: 32,  # complex256
+    2304: 4,  # RGBA
+}
+# Placement fields by header size: pixdim (offset, type); qform_code and sform_code (offset, type);
+# quatern_b..qoffset_z then srow_x..srow_z, 18 numbers in a row (offset, type).
+_NIFTI_PLACEMENT = {348: (76, "8f", 252, "2h", 256, "18f"), 540: (104, "8d", 344, "2i", 352, "18d")}
 _CHUNK_BYTES = 1 << 22
 
 
@@ -291,13 +317,31 @@ def _nifti_layout(header: bytes, path: Path) -> _NiftiLayout:
             f"{path}: NIfTI header has impossible dimensions {tuple(dims[1 : ndim + 1])} "
             f"or bits per voxel {bitpix}; re-export the file"
         )
+    _check_nifti_placement(header, endian, size, ndim, path)
+    if not math.isfinite(vox_offset):
+        raise InputError(f"{path}: NIfTI header has an impossible data offset ({vox_offset}); re-export the file")
     voxels = int(np.prod([int(d) for d in dims[1 : ndim + 1]], dtype=object))
     float_code = _NIFTI_FLOAT_TYPES.get(datatype)
     return _NiftiLayout(
         data_offset=int(max(vox_offset, size)),
-        data_bytes=voxels * bitpix // 8,
+        data_bytes=voxels * _NIFTI_VOXEL_BYTES.get(datatype, bitpix // 8),
         float_dtype=np.dtype(endian + float_code) if float_code else None,
     )
+
+
+def _check_nifti_placement(header: bytes, endian: str, size: int, ndim: int, path: Path) -> None:
+    """Refuse voxel sizes and orientations that ITK misreads: a zero size reads as 1 mm, an
+    infinite qform offset as 0, and an infinite sform entry makes the read loop forever."""
+    pixdim_at, pixdim_type, codes_at, codes_type, forms_at, forms_type = _NIFTI_PLACEMENT[size]
+    spacing = struct.unpack_from(endian + pixdim_type, header, pixdim_at)[1 : min(ndim, 3) + 1]
+    if not all(math.isfinite(s) and s != 0 for s in spacing):
+        sizes = tuple(round(s, 4) for s in spacing)
+        raise InputError(f"{path}: NIfTI header has voxel spacing {sizes} mm (pixdim); fix the header's spacing")
+    qform_code, sform_code = struct.unpack_from(endian + codes_type, header, codes_at)
+    forms = struct.unpack_from(endian + forms_type, header, forms_at)
+    used = (forms[:6] if qform_code > 0 else ()) + (forms[6:] if sform_code > 0 else ())
+    if not all(math.isfinite(value) for value in used):
+        raise InputError(f"{path}: NIfTI header's orientation (qform/sform) holds NaN or infinity; fix the header")
 
 
 def _itk_reason(error: RuntimeError) -> str:

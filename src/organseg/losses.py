@@ -19,6 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+# Target voxels with this value count in neither term: pseudo-labels mark with it the voxels
+# their teacher was unsure of (organseg.pseudolabel), so a student is not taught its doubts.
+IGNORE_LABEL = 255
+
 
 def dice_ce_loss(
     logits: torch.Tensor,
@@ -30,7 +34,7 @@ def dice_ce_loss(
 
     Args:
         logits: (B, C, X, Y, Z) raw network outputs, any float dtype (computed in float32).
-        target: (B, X, Y, Z) int64 class indices in 0..C-1.
+        target: (B, X, Y, Z) int64 class indices in 0..C-1, or IGNORE_LABEL where unknown.
         sample_weights: (B,) non-negative float weights, None for all 1. The batch loss is
             sum(w_b * loss_b) / sum(w_b), so a weight 0 removes a sample exactly.
         smooth: added to numerator and denominator of each Dice, so a class absent from
@@ -57,7 +61,9 @@ def dice_ce_per_sample(logits: torch.Tensor, target: torch.Tensor, smooth: float
     # bf16 softmax sums and logs lose too much precision over millions of voxels.
     with torch.autocast(device_type=logits.device.type, enabled=False):
         logits = logits.float()
-        cross_entropy = F.cross_entropy(logits, target, reduction="none").flatten(1).mean(dim=1)
+        voxel_loss = F.cross_entropy(logits, target, reduction="none", ignore_index=IGNORE_LABEL).flatten(1)
+        counted = (target != IGNORE_LABEL).flatten(1).sum(dim=1).clamp(min=1)
+        cross_entropy = voxel_loss.sum(dim=1) / counted
         dice = soft_dice_per_class(logits, target, smooth)
         dice_loss = 1 - dice.mean(dim=1) if dice.shape[1] else torch.zeros_like(cross_entropy)
         return cross_entropy + dice_loss
@@ -67,17 +73,19 @@ def soft_dice_per_class(logits: torch.Tensor, target: torch.Tensor, smooth: floa
     """(B, C-1) soft Dice of each foreground class 1..C-1 per sample, on softmax probabilities.
 
     Args:
-        logits: (B, C, X, Y, Z) raw outputs; target: (B, X, Y, Z) int64 in 0..C-1.
+        logits: (B, C, X, Y, Z) raw outputs; target: (B, X, Y, Z) int64 in 0..C-1 or IGNORE_LABEL.
     """
     _check_shapes(logits, target)
     with torch.autocast(device_type=logits.device.type, enabled=False):
         probabilities = torch.softmax(logits.float(), dim=1).flatten(2)  # (B, C, N)
         labels = target.flatten(1).long()  # (B, N)
-        true_class = probabilities.gather(1, labels.unsqueeze(1)).squeeze(1)  # (B, N)
+        counted = (labels != IGNORE_LABEL).float()  # ignored voxels count for no class
+        labels = labels * counted.long()
+        true_class = probabilities.gather(1, labels.unsqueeze(1)).squeeze(1) * counted  # (B, N)
         batch, classes = probabilities.shape[:2]
         intersection = probabilities.new_zeros(batch, classes).scatter_add_(1, labels, true_class)
-        target_sum = probabilities.new_zeros(batch, classes).scatter_add_(1, labels, torch.ones_like(true_class))
-        prediction_sum = probabilities.sum(dim=2)
+        target_sum = probabilities.new_zeros(batch, classes).scatter_add_(1, labels, counted)
+        prediction_sum = (probabilities * counted.unsqueeze(1)).sum(dim=2)
         dice = (2 * intersection + smooth) / (prediction_sum + target_sum + smooth)
         return dice[:, 1:]
 

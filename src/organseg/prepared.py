@@ -25,6 +25,7 @@ from organseg.atomic import atomic_write
 from organseg.config import Config
 from organseg.dataset import Case
 from organseg.io import read_image, read_label
+from organseg.losses import IGNORE_LABEL
 from organseg.preprocess.crop import Box, bounding_box
 from organseg.preprocess.normalize import ct_statistics, normalize_ct
 from organseg.preprocess.orientation import canonical_transform
@@ -103,7 +104,8 @@ def _write_case(case: Case, cache_dir: Path, config: Config, settings: dict) -> 
     for name, array in arrays.items():
         with atomic_write(cache_dir / f"{case.case_id}_{name}.npy") as temporary:
             np.save(temporary, array)
-    box = bounding_box(labels > 0, geometry.spacing_mm) or Box.whole(labels.shape)
+    organs = (labels > 0) & (labels != IGNORE_LABEL)  # a pseudo-label's unknown voxels are no organ
+    box = bounding_box(organs, geometry.spacing_mm) or Box.whole(labels.shape)
     meta = {
         "settings": settings,
         "sources": {"image": str(case.image), "label": str(case.label)},

@@ -10,7 +10,11 @@
   manifest.json   the same, with the filter rule that decided `kept`
 
 Clean-up (after the cascade's largest component per organ): pieces under
-`ssl.min_component_ml` removed, cavities enclosed by one organ filled.
+`ssl.min_component_ml` removed, cavities enclosed by one organ filled. Then, with
+`ssl.min_voxel_confidence` > 0, voxels where the teacher's top probability is lower are
+set to IGNORE_LABEL (255, "unknown"), which the student's loss leaves out: an undertrained
+teacher under-segments, and its doubtful borders would otherwise teach the student to shrink
+organs.
 
 Quality score: the mean of the model's own evidence (organseg.cascade.Segmentation):
 stage 2's confidence, stage 1 / stage 2 agreement, agreement between two crops, and, from
@@ -39,6 +43,7 @@ from organseg.dataset import Case, discover_dataset
 from organseg.errors import InputError
 from organseg.io import Volume, read_image, read_label, write_label
 from organseg.labels import LabelSet
+from organseg.losses import IGNORE_LABEL
 from organseg.metrics import organ_volumes_ml
 from organseg.postprocess import fill_holes, keep_largest_component, remove_small_components
 
@@ -126,19 +131,34 @@ def _pseudo_label_case(
     evidence = dict(segmentation.evidence)
     previous = previous_dir / f"{case.case_id}{LABEL_SUFFIX}" if previous_dir else None
     if previous is not None and previous.is_file():
-        evidence["previous_agreement"] = mean_dice(labels.array, read_label(previous).array)
+        evidence["previous_agreement"] = mean_dice(labels.array, _known(read_label(previous).array))
     volumes = organ_volumes_ml(labels, segmenter.label_set)
+    unsure = _unsure(segmentation.confidence, settings, segmenter.label_set)
+    labels = Volume(np.where(unsure, IGNORE_LABEL, labels.array).astype(labels.array.dtype), labels.geometry)
     row = {
         "case": case.case_id,
         "image": str(case.image),
         "score": float(np.mean(list(evidence.values()))),
         "organs_found": sum(volume > 0 for volume in volumes.values()),
+        "unsure_percent": round(100 * float(unsure.mean()), 3),
         **{name: round(value, 6) for name, value in evidence.items()},
         "volumes_ml": {segmenter.label_set.name(label): round(volume, 3) for label, volume in volumes.items()},
     }
     write_label(labels.array, labels.geometry, _label_path(out_dir, case))
     _append_score(out_dir, row)
     return row
+
+
+def _unsure(confidence: np.ndarray, settings: SelfTrainingConfig, label_set: LabelSet) -> np.ndarray:
+    """Voxels to mark unknown: the teacher's top probability below `min_voxel_confidence`."""
+    if settings.min_voxel_confidence <= 0 or label_set.max_id >= IGNORE_LABEL:
+        return np.zeros(confidence.shape, bool)
+    return confidence < settings.min_voxel_confidence
+
+
+def _known(labels: np.ndarray) -> np.ndarray:
+    """A pseudo-label with its unknown voxels as background, for comparisons."""
+    return np.where(labels == IGNORE_LABEL, 0, labels)
 
 
 def clean_pseudo_label(labels: Volume, settings: SelfTrainingConfig) -> Volume:
@@ -222,13 +242,15 @@ def write_manifest(
 def _manifest_csv(records: list[dict], label_set: LabelSet) -> str:
     evidence = sorted({key for record in records for key in record} & EVIDENCE_KEYS)
     organs = [name for _, name in sorted(label_set.names)]
-    header = ["case", "kept", "reason", "score", *evidence, "organs_found", *(f"{name} (mL)" for name in organs)]
+    header = ["case", "kept", "reason", "score", *evidence, "organs_found", "unsure_percent"]
+    header += [f"{name} (mL)" for name in organs]
     buffer = text_io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     for record in records:
         values = [record["case"], record["kept"], record["reason"], f"{record['score']:.4f}"]
         values += [f"{record[key]:.4f}" if key in record else "" for key in evidence]
-        values += [record["organs_found"], *(record["volumes_ml"].get(name, 0.0) for name in organs)]
+        values += [record["organs_found"], record.get("unsure_percent", 0.0)]
+        values += [record["volumes_ml"].get(name, 0.0) for name in organs]
         writer.writerow(values)
     return buffer.getvalue()

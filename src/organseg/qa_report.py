@@ -34,6 +34,7 @@ from organseg.io import Volume, case_id, is_image_path, read_image, read_label
 from organseg.labels import FLARE22, LabelSet
 from organseg.metrics import organ_volumes_ml
 from organseg.report import PALETTE, save_comparison_png, save_overlay_png
+from organseg.train import read_log
 
 STAGES = ("stage1", "stage2")
 LOG_ROWS = 5  # last rows of each stage's training log shown
@@ -216,20 +217,8 @@ def _copy_run(run_dir: Path, out_dir: Path) -> list[StageLog]:
             curve = f"run/{stage}_curve.png"
             with atomic_write(out_dir / curve) as temporary:
                 shutil.copyfile(run_dir / stage / "curve.png", temporary)
-        stages.append(StageLog(stage, curve, tuple(_read_log(log)[-LOG_ROWS:])))
+        stages.append(StageLog(stage, curve, tuple(read_log(log)[-LOG_ROWS:])))
     return stages
-
-
-def _read_log(path: Path) -> list[dict]:
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise InputError(f"{path}: line {number} is not valid JSON; the log is damaged") from None
-    return rows
 
 
 # ---- HTML ----------------------------------------------------------------------------------

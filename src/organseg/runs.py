@@ -44,10 +44,10 @@ def run_training(
     ones; `cache_dir` (default RUN_DIR/cache) lets several runs share prepared cases.
     """
     run_dir = Path(run_dir)
-    config = _run_config(run_dir, config, resume, stages)
-    report = validate_dataset(dataset, progress=progress)
+    report = validate_dataset(dataset, progress=progress)  # before anything is written
     if report.problems:
         raise InputError("\n".join(report.problems))
+    config = _run_config(run_dir, config, resume, stages)
     train_cases, val_cases = _split(run_dir, dataset.labeled, config, resume)
     _write_json(run_dir / "labels.json", dataset.label_set.to_json())
     torch_device = resolve_device(device)

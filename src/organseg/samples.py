@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from organseg.config import Config
+from organseg.losses import IGNORE_LABEL
 from organseg.prepared import PreparedCase
 from organseg.preprocess.crop import Box, crop
 from organseg.preprocess.normalize import normalize_ct
@@ -22,7 +23,9 @@ def stage1_sample(case: PreparedCase, foreground: bool = False) -> tuple[torch.T
     """(image (1, G1...) float32, labels (G1...) int64) of the whole volume; 0/1 when `foreground`."""
     image = torch.from_numpy(np.asarray(case.grid1_image, dtype=np.float32))[None]
     labels = torch.from_numpy(np.asarray(case.grid1_labels).astype(np.int64))
-    return image, (labels > 0).long() if foreground else labels
+    if foreground:  # all organs as class 1; unknown voxels stay unknown
+        labels = torch.where(labels == IGNORE_LABEL, IGNORE_LABEL, (labels > 0).long())
+    return image, labels
 
 
 def stage2_sample(

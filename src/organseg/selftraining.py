@@ -58,7 +58,7 @@ def run_ssl(
     for index in range(config.ssl.rounds + 1):
         pseudo = _pseudo_cases(run_dir, index, dataset, config, device, progress)
         _train_round(dataset, run_dir, index, config, pseudo, device, progress)
-        rounds.append(_round_summary(run_dir, index, dataset, pseudo, len(dataset.unlabeled), device))
+        rounds.append(round_summary(run_dir, index, dataset, pseudo, len(dataset.unlabeled), device))
         _write_summary(run_dir, rounds, dataset.label_set)
     print(rounds_table(rounds, dataset.label_set))
     return {"rounds": rounds}
@@ -117,14 +117,25 @@ def _train_round(
     )
 
 
-def _round_summary(
+def round_summary(
     run_dir: Path, index: int, dataset: Dataset, pseudo: list[Case], unlabeled: int, device: str
 ) -> dict:
-    """Validation DSC/NSD per organ of round `index`'s model (the full cascade, on the original grid)."""
+    """Round `index`: its model folder, pseudo-labels kept, validation scores."""
     folder = round_dir(run_dir, index)
-    splits = json.loads((folder / "splits.json").read_text())
+    return {
+        "round": index,
+        "model_dir": str(folder),
+        "pseudo_labels_kept": len(pseudo),
+        "pseudo_labels_made": unlabeled if index else 0,
+        **validation_scores(folder, dataset, device),
+    }
+
+
+def validation_scores(model_dir: Path, dataset: Dataset, device: str = "auto") -> dict:
+    """DSC and NSD per organ on the run's validation cases: the full cascade, on the original grid."""
+    splits = json.loads((Path(model_dir) / "splits.json").read_text())
     by_id = {case.case_id: case for case in dataset.labeled}
-    segmenter = Segmenter.from_run(folder, device)
+    segmenter = Segmenter.from_run(model_dir, device)
     rows = []
     for case_id in splits["validation"]:
         case = by_id[case_id]
@@ -135,10 +146,6 @@ def _round_summary(
         organ_rows = [row for row in rows if row["label"] == label]
         organs[name] = {metric: _mean([row[metric] for row in organ_rows]) for metric in ("dsc", "nsd")}
     return {
-        "round": index,
-        "model_dir": str(folder),
-        "pseudo_labels_kept": len(pseudo),
-        "pseudo_labels_made": unlabeled if index else 0,
         "validation_cases": splits["validation"],
         "organs": organs,
         "mean": {metric: _mean([organ[metric] for organ in organs.values()]) for metric in ("dsc", "nsd")},

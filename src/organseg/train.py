@@ -197,11 +197,13 @@ def _end_epoch(run: StageRun, state: StageState, losses: list[float], val_cases:
             state.best_metric, state.best_epoch = row["val_dice"], state.epoch
             save_checkpoint(run.stage_dir / "best.pt", _content(run, state))
     row["seconds"] = round(time.perf_counter() - started, 3)
+    # The log row first: a kill before the checkpoint then repeats this epoch's row on
+    # resume, instead of leaving a gap in the log.
+    _append_log(run.stage_dir, row)
     save_checkpoint(run.stage_dir / "last.pt", _content(run, state))
     if not val_cases:  # nothing to choose by: the newest model is the best we know
         with atomic_write(run.stage_dir / "best.pt") as temporary:
             shutil.copyfile(run.stage_dir / "last.pt", temporary)
-    _append_log(run.stage_dir, row)
     if due:
         save_training_curve(_read_log(run.stage_dir), run.stage_dir / "curve.png", title=run.name)
     return row
@@ -253,13 +255,25 @@ def _restore(state: StageState, content: dict) -> None:
 
 
 def _append_log(stage_dir: Path, row: dict) -> None:
-    with open(stage_dir / "log.jsonl", "a") as log:
-        log.write(json.dumps(row) + "\n")
+    path = stage_dir / "log.jsonl"
+    torn = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
+    with open(path, "a") as log:
+        log.write(("\n" if torn else "") + json.dumps(row) + "\n")
 
 
 def _read_log(stage_dir: Path) -> list[dict]:
-    lines = (stage_dir / "log.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+    return read_log(stage_dir / "log.jsonl")
+
+
+def read_log(path: Path) -> list[dict]:
+    """A training log's rows; a line torn by a kill is skipped."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
 
 
 def _format(value: float | None) -> str:

@@ -31,7 +31,13 @@ def case_seed(seed: int, split: str, index: int) -> int:
 
 
 def write_dataset(
-    out: Path, labeled: int, unlabeled: int, test: int, seed: int, shape: tuple[int, int, int] | None = None
+    out: Path,
+    labeled: int,
+    unlabeled: int,
+    test: int,
+    seed: int,
+    shape: tuple[int, int, int] | None = None,
+    progress: bool = True,
 ) -> Path:
     """Write an nnU-Net v2 raw dataset; returns the folder.
 
@@ -43,6 +49,7 @@ def write_dataset(
         labeled, unlabeled, test: number of cases in imagesTr/labelsTr, imagesUnlabeled, imagesTs/labelsTs.
         seed: non-negative; the same seed gives byte-identical cases.
         shape: voxels per case (see generate_case); None for small, varied sizes.
+        progress: a progress bar on stderr.
     """
     out = Path(out)
     counts = {"train": labeled, "unlabeled": unlabeled, "test": test}
@@ -53,7 +60,7 @@ def write_dataset(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        _write_cases(staging, counts, seed, shape)
+        _write_cases(staging, counts, seed, shape, progress)
         _write_dataset_json(staging, counts, seed)
         if out.exists():
             out.rmdir()
@@ -64,13 +71,13 @@ def write_dataset(
     return out
 
 
-def _write_cases(root: Path, counts: dict[str, int], seed: int, shape) -> None:
+def _write_cases(root: Path, counts: dict[str, int], seed: int, shape, progress: bool) -> None:
     jobs = [(split, index) for split, count in counts.items() for index in range(1, count + 1)]
     for split, count in counts.items():
         for folder in SPLITS[split][:2]:
             if folder and count:
                 (root / folder).mkdir()
-    for split, index in tqdm(jobs, desc="phantom cases", unit="case"):
+    for split, index in tqdm(jobs, desc="phantom cases", unit="case", disable=not progress):
         images, labels, pattern = SPLITS[split]
         name = pattern.format(index)
         image, label_map = generate_case(case_seed(seed, split, index), shape)
