@@ -587,12 +587,14 @@ def test_training_killed_with_sigkill_resumes_without_a_gap(phantoms: Path, tmp_
                 process.kill()
             process.wait()
     assert process.returncode == -signal.SIGKILL
-    assert len(_log_rows(log)) < epochs, "the run finished before it was killed"
+    logged_at_kill = len(_log_rows(log))
+    assert logged_at_kill < epochs, "the run finished before it was killed"
 
     resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=120, env=one_thread_env())
     assert resumed.returncode == 0, resumed.stderr
     match = re.search(rf"stage1: resuming after epoch (\d+) of {epochs}", resumed.stdout)
-    assert match and int(match[1]) >= 2, resumed.stdout
+    # An epoch's log row is written just before its checkpoint: at most one epoch is lost.
+    assert match and int(match[1]) >= max(1, logged_at_kill - 1), resumed.stdout
 
     rows = [json.loads(line) for line in log.read_text().splitlines()]
     logged = [row["epoch"] for row in rows]

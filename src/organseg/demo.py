@@ -42,16 +42,16 @@ DEMO_SETTINGS = [
     "stage1.iterations_per_epoch=4",
     "stage1.lr_halving_epochs=8",
     "stage2.batch_size=2",
-    "stage2.epochs=24",
+    "stage2.epochs=20",
     "stage2.iterations_per_epoch=10",
-    "stage2.lr_halving_epochs=10",
+    "stage2.lr_halving_epochs=8",
     "stage2.val_every=4",
 ]
 QUICK_SETTINGS = [
     "stage1.epochs=8",
     "stage1.lr_halving_epochs=4",
-    "stage2.epochs=6",
-    "stage2.lr_halving_epochs=3",
+    "stage2.epochs=4",
+    "stage2.lr_halving_epochs=2",
     "stage2.val_every=2",
 ]
 MODELS = {"full_supervision": 0, "semi_supervised": 1}  # model -> self-training round

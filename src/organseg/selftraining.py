@@ -117,9 +117,7 @@ def _train_round(
     )
 
 
-def round_summary(
-    run_dir: Path, index: int, dataset: Dataset, pseudo: list[Case], unlabeled: int, device: str
-) -> dict:
+def round_summary(run_dir: Path, index: int, dataset: Dataset, pseudo: list[Case], unlabeled: int, device: str) -> dict:
     """Round `index`: its model folder, pseudo-labels kept, validation scores."""
     folder = round_dir(run_dir, index)
     return {
