@@ -48,3 +48,19 @@ def sweep_partials(folder: str | os.PathLike) -> int:
             leftover.unlink()
             count += 1
     return count
+
+
+def append_line(path: str | os.PathLike, line: str) -> None:
+    """Append one line to a log file and flush it to disk.
+
+    One write per line: a kill leaves at worst a torn last line, which readers skip; the
+    next line then starts on a line of its own.
+    """
+    torn = False
+    with contextlib.suppress(OSError), open(path, "rb") as existing:
+        existing.seek(-1, os.SEEK_END)  # OSError for an empty file: nothing torn
+        torn = existing.read(1) != b"\n"
+    with open(path, "a") as log:
+        log.write(("\n" if torn else "") + line + "\n")
+        log.flush()
+        os.fsync(log.fileno())

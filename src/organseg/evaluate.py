@@ -98,7 +98,7 @@ def pair_cases(pred_dir: Path, gt_dir: Path) -> tuple[list[tuple[str, Path, Path
     ignored. A ground-truth case without prediction is an error (all are listed); a
     prediction without ground truth is a warning.
     """
-    predictions, gts = _label_files(pred_dir, "prediction"), _label_files(gt_dir, "ground-truth")
+    predictions, gts = label_files(pred_dir, "prediction"), label_files(gt_dir, "ground-truth")
     if not gts:
         raise InputError(f"{gt_dir}: no label map files found; give the folder of ground-truth label maps")
     missing = [f"  {case}: no prediction for {path}" for case, path in gts.items() if case not in predictions]
@@ -113,7 +113,7 @@ def pair_cases(pred_dir: Path, gt_dir: Path) -> tuple[list[tuple[str, Path, Path
     return pairs, warnings
 
 
-def _label_files(folder: Path, role: str) -> dict[str, Path]:
+def label_files(folder: Path, role: str) -> dict[str, Path]:
     """Case id -> label map file of a folder (hidden files, e.g. partial writes, are skipped)."""
     if not folder.is_dir():
         raise InputError(f"{folder}: {role} folder not found; give an existing folder")

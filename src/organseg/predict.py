@@ -86,7 +86,7 @@ def _jobs(source: Path, output: Path) -> list[tuple[Case, Path]]:
         if not is_image_path(output):
             raise InputError(f"{output}: give a label map file name ending in .nii.gz (or .nrrd, .mha), or a folder")
         return [(case, output)]
-    cases = _folder_cases(source)
+    cases = folder_cases(source)
     if output.exists() and not output.is_dir():
         raise InputError(f"{output}: is a file; a folder of images needs an output folder")
     output.mkdir(parents=True, exist_ok=True)
@@ -94,7 +94,8 @@ def _jobs(source: Path, output: Path) -> list[tuple[Case, Path]]:
     return [(case, target) for case, target in pairs if not target.exists()]
 
 
-def _folder_cases(folder: Path) -> list[Case]:
+def folder_cases(folder: Path) -> list[Case]:
+    """The images of a folder as cases (one clear error for problems or no image)."""
     dataset = discover_dataset(None, images=folder)
     if dataset.problems:
         raise InputError("\n".join(dataset.problems))

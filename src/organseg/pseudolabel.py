@@ -29,23 +29,23 @@ import csv
 import io as text_io
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from organseg.atomic import atomic_write, sweep_partials
+from organseg.atomic import append_line, atomic_write, sweep_partials
 from organseg.cascade import Segmenter, mean_dice
 from organseg.config import SelfTrainingConfig
-from organseg.dataset import Case, discover_dataset
+from organseg.dataset import Case
 from organseg.errors import InputError
 from organseg.io import Volume, read_image, read_label, write_label
 from organseg.labels import LabelSet
 from organseg.losses import IGNORE_LABEL
 from organseg.metrics import organ_volumes_ml
 from organseg.postprocess import fill_holes, keep_largest_component, remove_small_components
+from organseg.predict import folder_cases
 
 LABEL_SUFFIX = ".nii.gz"
 SCORES = "scores.jsonl"
@@ -97,12 +97,7 @@ def run_pseudo_labelling(
 def _image_cases(folder: Path) -> list[Case]:
     if not folder.is_dir():
         raise InputError(f"{folder}: no such folder; give the folder of unlabelled images")
-    dataset = discover_dataset(None, images=folder)
-    if dataset.problems:
-        raise InputError("\n".join(dataset.problems))
-    if not dataset.labeled:
-        raise InputError(f"{folder}: no images found; give a folder of CT images (.nii.gz, .nrrd, .mha, DICOM)")
-    return list(dataset.labeled)
+    return folder_cases(folder)
 
 
 def _claim(out_dir: Path, run_dir: Path) -> None:
@@ -172,14 +167,7 @@ def clean_pseudo_label(labels: Volume, settings: SelfTrainingConfig) -> Volume:
 
 
 def _append_score(out_dir: Path, row: dict) -> None:
-    # One write of one line, flushed to disk: a kill leaves at worst a torn last line,
-    # which read_scores ignores (that case is then redone) and the next row starts after.
-    path = out_dir / SCORES
-    torn = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
-    with open(path, "a") as scores:
-        scores.write(("\n" if torn else "") + json.dumps(row) + "\n")
-        scores.flush()
-        os.fsync(scores.fileno())
+    append_line(out_dir / SCORES, json.dumps(row))  # a torn line is ignored by read_scores, its case redone
 
 
 def read_scores(out_dir: Path) -> dict[str, dict]:

@@ -29,8 +29,8 @@ from tqdm import tqdm
 from organseg.atomic import atomic_write
 from organseg.dataset import discover_dataset
 from organseg.errors import InputError
-from organseg.evaluate import EvaluationResult, run_evaluation
-from organseg.io import Volume, case_id, is_image_path, read_image, read_label
+from organseg.evaluate import EvaluationResult, label_files, run_evaluation
+from organseg.io import Volume, read_image, read_label
 from organseg.labels import FLARE22, LabelSet
 from organseg.metrics import organ_volumes_ml
 from organseg.report import PALETTE, save_comparison_png, save_overlay_png
@@ -120,27 +120,12 @@ def run_qa_report(
 
 def find_cases(pred_dir: Path, images_dir: Path | None = None, gt_dir: Path | None = None) -> list[ReportCase]:
     """The predicted label maps of `pred_dir` with their images and ground truth, by case id."""
-    predictions = _label_maps(pred_dir, "prediction")
+    predictions = label_files(Path(pred_dir), "prediction")
     if not predictions:
         raise InputError(f"{pred_dir}: no label map files found; give the folder organseg predict wrote")
     images = _images(Path(images_dir)) if images_dir is not None else {}
-    truths = _label_maps(Path(gt_dir), "ground-truth") if gt_dir is not None else {}
+    truths = label_files(Path(gt_dir), "ground-truth") if gt_dir is not None else {}
     return [ReportCase(case, path, images.get(case), truths.get(case)) for case, path in predictions.items()]
-
-
-def _label_maps(folder: Path, role: str) -> dict[str, Path]:
-    """Case id -> label map file of a folder; hidden files (partial writes) and other files are skipped."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"{folder}: {role} folder not found; give an existing folder")
-    found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.is_file() or not is_image_path(path):
-            continue
-        if case_id(path) in found:
-            raise InputError(f"{path}: same case as {found[case_id(path)].name} in one folder; keep one of them")
-        found[case_id(path)] = path
-    return found
 
 
 def _images(folder: Path) -> dict[str, Path]:

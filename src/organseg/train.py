@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from organseg.atomic import atomic_write
+from organseg.atomic import append_line, atomic_write
 from organseg.augment import augment
 from organseg.checkpoint import load_checkpoint, save_checkpoint
 from organseg.config import Config, StageConfig, to_dict
@@ -255,10 +255,7 @@ def _restore(state: StageState, content: dict) -> None:
 
 
 def _append_log(stage_dir: Path, row: dict) -> None:
-    path = stage_dir / "log.jsonl"
-    torn = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
-    with open(path, "a") as log:
-        log.write(("\n" if torn else "") + json.dumps(row) + "\n")
+    append_line(stage_dir / "log.jsonl", json.dumps(row))
 
 
 def _read_log(stage_dir: Path) -> list[dict]:
