@@ -1,4 +1,4 @@
-"""Shared fixtures: where the real CT lies, and tiny synthetic volumes."""
+"""Shared fixtures: where the real CT lies, tiny synthetic volumes, one torch thread."""
 
 from __future__ import annotations
 
@@ -6,11 +6,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from organseg.geometry import Geometry
 from organseg.io import Volume
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module whose subprocesses share the cores (each also set to one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

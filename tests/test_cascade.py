@@ -14,15 +14,16 @@ import numpy as np
 import pytest
 import torch
 
-from organseg.cascade import Segmenter, StageInput
+from organseg.cascade import Segmenter, StageInput, WindowedCT, _paste_in_input_order
 from organseg.config import Config, CropConfig, StageConfig
 from organseg.io import Volume, read_image, read_label
 from organseg.labels import FLARE22
 from organseg.losses import dice_per_class
 from organseg.phantom import generate_case
-from organseg.preprocess.crop import crop
-from organseg.preprocess.orientation import canonical_transform
-from organseg.preprocess.resample import resample_labels
+from organseg.preprocess.crop import Box, crop, paste
+from organseg.preprocess.normalize import normalize_ct
+from organseg.preprocess.orientation import AxisTransform, all_axis_transforms, canonical_transform
+from organseg.preprocess.resample import resample_image, resample_labels
 
 
 class Oracle:
@@ -129,3 +130,37 @@ def test_stage_inputs_have_the_configured_grids() -> None:
     assert tuple(segmenter.stage1.calls[0].image.shape) == (1, 1, 32, 48, 16)
     assert tuple(segmenter.stage2.calls[0].image.shape) == (1, 1, 64, 32, 48)
     assert segmenter.stage1.calls[0].image.dtype == torch.float32
+
+
+@pytest.mark.parametrize("layout", ["C", "F"])
+def test_stage_inputs_are_the_normalised_image_resampled_to_each_grid(layout: str) -> None:
+    # The cascade z-scores after resampling, in the array's memory order; the networks must
+    # see what z-scoring the whole canonical CT first and resampling it after would give
+    # (as in training), whatever the memory layout (SimpleITK's arrays are transposed views).
+    image, truth = generate_case(5)
+    image = Volume(np.asarray(image.array, order=layout), image.geometry)
+    segmenter = oracle_segmenter(truth, (32, 32, 16), (48, 32, 32))
+    segmenter.predict(image)
+    canonical = canonical_transform(image.geometry).apply(image.array)
+    normalized = normalize_ct(np.ascontiguousarray(canonical))
+    for oracle in (segmenter.stage1, segmenter.stage2):
+        (call,) = oracle.calls
+        expected = resample_image(np.ascontiguousarray(crop(normalized, call.box)), tuple(call.image.shape[2:]))
+        assert torch.allclose(call.image[0, 0], expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("transform", all_axis_transforms()[::5], ids=str)
+def test_region_is_pasted_straight_into_the_input_axis_order(transform: AxisTransform) -> None:
+    rng = np.random.default_rng(0)
+    input_shape = (9, 7, 5)
+    canonical_shape = transform.apply(np.zeros(input_shape)).shape
+    box = Box((1, 2, 0), (canonical_shape[0] - 1, canonical_shape[1], 3))
+    region = rng.integers(1, 14, size=box.shape).astype(np.uint8)
+    expected = transform.inverse().apply(paste(region, box, canonical_shape))
+    assert np.array_equal(_paste_in_input_order(region, box, transform, input_shape), expected)
+
+
+def test_windowed_ct_keeps_integer_ct_in_int16() -> None:
+    image, _ = generate_case(1)
+    ct = WindowedCT.of(image.array, canonical_transform(image.geometry), (-200.0, 400.0))
+    assert ct.clipped.dtype == np.int16 and ct.clipped.min() >= -200 and ct.clipped.max() <= 400

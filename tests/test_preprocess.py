@@ -9,10 +9,17 @@ import torch
 import torch.nn.functional as F
 
 from organseg.geometry import Geometry
+from organseg.preprocess import normalize
 from organseg.preprocess.crop import Box, bounding_box, crop, paste
-from organseg.preprocess.normalize import normalize_ct
+from organseg.preprocess.normalize import clip_to_window, ct_statistics, normalize_ct, zscore
 from organseg.preprocess.orientation import AxisTransform, all_axis_transforms, canonical_transform
-from organseg.preprocess.resample import axis_weights, nearest_indices, resample_image, resample_labels
+from organseg.preprocess.resample import (
+    axis_weights,
+    nearest_indices,
+    resample_image,
+    resample_labels,
+    resampled_argmax,
+)
 
 # --- orientation ------------------------------------------------------------------------------
 
@@ -33,6 +40,15 @@ def test_each_of_48_orientations_is_undone_exactly(transform: AxisTransform) -> 
     canonical = canonical_transform(moved_geometry)
     assert np.array_equal(canonical.apply(moved), array)
     assert canonical.apply_geometry(moved_geometry).is_close(geometry)
+
+
+@pytest.mark.parametrize("transform", all_axis_transforms(), ids=str)
+def test_a_region_of_the_reoriented_array_is_cut_from_the_source(transform: AxisTransform) -> None:
+    source = np.arange(5 * 6 * 7).reshape(5, 6, 7)
+    moved = transform.apply(source)
+    for slices in [(slice(1, 3), slice(0, 2), slice(2, 5)), (slice(None), slice(3, None), slice(0, 1))]:
+        region = source[transform.source_slices(slices, source.shape)]
+        assert np.array_equal(transform.apply(region), moved[slices])
 
 
 @pytest.mark.parametrize("code", ["RAS", "LPI", "AIL", "SRP", "PSL"])
@@ -184,3 +200,79 @@ def test_nearest_shrink_inverts_nearest_label_upsampling_for_logits() -> None:
     assert torch.equal(back, labels.long())
     with pytest.raises(ValueError, match="shrink"):
         resample_image(one_hot, (9, 7, 5), shrink="cubic")
+
+
+# --- argmax of resampled logits ------------------------------------------------------------
+
+
+def _smooth_logits(rng: np.random.Generator, classes: int, shape: tuple[int, int, int]) -> torch.Tensor:
+    """Logits with organ-like regions: random coarse fields grown to `shape`."""
+    coarse = torch.from_numpy(rng.normal(size=(classes, *(max(2, n // 3) for n in shape))).astype(np.float32))
+    return resample_image(coarse, shape) * 4
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_resampled_argmax_equals_argmax_of_the_resampled_logits(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    grid = tuple(int(n) for n in rng.integers(3, 14, size=3))
+    # Each axis grows, shrinks or stays; the answer must not depend on how the work was split.
+    shape = tuple(int(n * f) or 1 for n, f in zip(grid, rng.choice([0.5, 1.0, 2.3, 4.0], size=3)))
+    logits = _smooth_logits(rng, int(rng.integers(2, 9)), grid)
+    dense = resample_image(logits, shape, shrink="nearest").argmax(0)
+    fast = resampled_argmax(logits, shape, chunk_voxels=int(rng.integers(1, 50)))
+    assert fast.dtype == torch.uint8 and tuple(fast.shape) == shape
+    assert torch.equal(fast.long(), dense)
+
+
+def test_resampled_argmax_interpolates_only_along_class_borders() -> None:
+    # Two classes split by a plane: only the cells that straddle it need interpolating,
+    # and a class that wins at no input voxel can still win between them.
+    logits = torch.zeros(3, 4, 4, 4)
+    logits[0, :2], logits[1, 2:] = 1.0, 1.0
+    logits[2] = 0.9  # second everywhere, first half way between the two
+    result = resampled_argmax(logits, (16, 4, 4))
+    dense = resample_image(logits, (16, 4, 4), shrink="nearest").argmax(0)
+    assert torch.equal(result.long(), dense)
+    assert set(result[:, 0, 0].tolist()) == {0, 1, 2}
+
+
+def test_resampled_argmax_keeps_more_than_256_classes() -> None:
+    logits = _smooth_logits(np.random.default_rng(0), 300, (4, 4, 4))
+    logits[299, 0, 0, 0] = 100.0
+    result = resampled_argmax(logits, (8, 8, 8))
+    assert result.dtype == torch.int16 and int(result[0, 0, 0]) == 299
+    assert torch.equal(result.long(), resample_image(logits, (8, 8, 8), shrink="nearest").argmax(0))
+
+
+# --- intensity window ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16, np.uint8, np.int32, np.float32, np.float64])
+def test_window_clipping_is_compact_and_exact_for_every_input_type(dtype) -> None:
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+    low, high = (info.min, info.max) if info else (-3000, 3000)
+    values = np.random.default_rng(0).integers(max(low, -3000), min(high, 3000), size=(6, 5, 4)).astype(dtype)
+    clipped = clip_to_window(values, (-200, 400))
+    assert clipped.dtype == (np.int16 if info else np.float32)
+    assert np.array_equal(clipped, np.clip(values.astype(np.float64), -200, 400))
+    # A window that int16 cannot express exactly is clipped in float.
+    assert clip_to_window(values, (-200.5, 400)).dtype == np.float32
+
+
+def test_statistics_in_slabs_equal_those_of_the_whole_image(monkeypatch) -> None:
+    image = np.random.default_rng(1).integers(-1000, 1500, size=(30, 20, 11)).astype(np.int16)
+    inside = np.minimum(image[image > -200].astype(np.float64), 400)
+    monkeypatch.setattr(normalize, "STATISTICS_CHUNK", 97)  # slabs that end mid-row
+    for view in (image, image.transpose(2, 0, 1)[::-1]):  # and a strided, flipped view
+        mean, std = ct_statistics(view)
+        assert mean == pytest.approx(inside.mean(), rel=1e-12) and std == pytest.approx(inside.std(), rel=1e-9)
+
+
+def test_z_scoring_after_resampling_equals_z_scoring_before() -> None:
+    image = np.random.default_rng(2).integers(-1000, 1000, size=(37, 23, 9)).astype(np.int16)
+    mean, std = ct_statistics(image)
+    clipped = clip_to_window(image)
+    for shape in [(16, 16, 8), (50, 11, 20)]:
+        after = zscore(resample_image(clipped, shape), mean, std)
+        before = resample_image(normalize_ct(image), shape)
+        assert torch.allclose(after, before, atol=1e-5)

@@ -17,6 +17,7 @@ from organseg.cli import main
 from organseg.config import resolve_config
 from organseg.dataset import discover_dataset
 from organseg.phantom import write_dataset
+from organseg.phases import PREDICT_PHASES, PhaseClock
 from organseg.profiling import (
     COLUMNS,
     Profiler,
@@ -152,6 +153,10 @@ def test_predict_profile_writes_csv_and_json_in_the_output_folder(tiny_run, tmp_
         assert float(row["wall_s"]) > 0 and float(row["peak_rss_mb"]) > 50 and int(row["samples"]) >= 2
         assert float(row["cpu_area_percent_s"]) > 0
         assert row["gpu_peak_mb"] == row["gpu_area_above_2048_mb_s"] == ""  # CPU only
+        # Every phase of the case is timed, and together they account for the case's time.
+        phases = [float(row[f"{phase}_s"]) for phase in PREDICT_PHASES]
+        assert all(seconds >= 0 for seconds in phases)
+        assert 0.5 * float(row["wall_s"]) < sum(phases) <= float(row["wall_s"])
     summary = json.loads((out / "profile.json").read_text())
     assert summary["cases"] == 2 and summary["device"] == "cpu" and summary["model_load_s"] > 0
     assert summary["sample_interval_s"] == 0.1 and summary["gpu_memory_floor_mb"] == 2048
@@ -176,3 +181,23 @@ def test_predict_profile_of_one_file_lies_beside_it(tiny_run, tmp_path: Path) ->
         "one.profile.json",
         "plain.nii.gz",
     ]
+
+
+def test_phase_clock_adds_up_repeated_phases_and_starts_afresh_after_take() -> None:
+    clock = PhaseClock()
+    for _ in range(2):
+        with clock.phase("a"):
+            time.sleep(0.02)
+    with pytest.raises(RuntimeError), clock.phase("b"):  # a failing phase still counts
+        raise RuntimeError
+    taken = clock.take()
+    assert list(taken) == ["a", "b"] and taken["a"] >= 0.04 and taken["b"] >= 0
+    assert clock.take() == {}
+
+
+def test_profiles_written_before_the_phase_columns_are_still_read(tmp_path: Path) -> None:
+    old_columns = COLUMNS[: COLUMNS.index("samples") + 1]
+    path = tmp_path / "profile.csv"
+    path.write_text(",".join(old_columns) + "\n" + "a,1.5,100,150,225,,,,15\n")
+    (row,) = read_profile_rows(path)
+    assert row["wall_s"] == 1.5 and row["samples"] == 15 and row["read_s"] is None

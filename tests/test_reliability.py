@@ -55,13 +55,7 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One torch thread here and in every subprocess (see `one_thread_env`)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # here and in every subprocess (one_thread_env)
 
 
 def one_thread_env() -> dict[str, str]:

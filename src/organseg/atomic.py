@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 # Suffixes that image writers (and we) recognise by the end of the name, longest first.
@@ -40,14 +40,47 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
             temporary.unlink()
 
 
-def sweep_partials(folder: str | os.PathLike) -> int:
-    """Delete the temporary files a killed process left in `folder`; returns how many."""
+def sweep_partials(folder: str | os.PathLike, stems: Iterable[str] | None = None) -> int:
+    """Delete the temporary files a killed process left in `folder`; returns how many.
+
+    With `stems`, only the temporary files of those final names (e.g. the cases one worker
+    owns), so that other workers writing into the same folder keep theirs.
+    """
+    prefixes = None if stems is None else tuple(f".{stem}.partial-" for stem in stems)
     count = 0
     for leftover in Path(folder).glob(".*.partial-*"):
+        if prefixes is not None and not leftover.name.startswith(prefixes):
+            continue
         with contextlib.suppress(FileNotFoundError):
             leftover.unlink()
             count += 1
     return count
+
+
+def create_once(path: str | os.PathLike, text: str) -> bool:
+    """Write `text` to `path` unless a file is there already; returns whether this call wrote it.
+
+    Of several processes racing to create one file, one wins and the others find its
+    complete content: the file appears by a hard link, which never replaces a file.
+    """
+    final = Path(path)
+    stem, suffix = split_suffix(final)
+    temporary = final.with_name(f".{stem}.partial-{secrets.token_hex(4)}{suffix}")
+    try:
+        temporary.write_text(text)
+        try:
+            os.link(temporary, final)
+        except FileExistsError:
+            return False
+        except OSError:
+            # A filesystem without hard links: check, then rename (a narrow race, never a torn file).
+            if final.exists():
+                return False
+            os.replace(temporary, final)
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
 
 
 def append_line(path: str | os.PathLike, line: str) -> None:

@@ -1,9 +1,15 @@
 """Coarse to fine: the two-stage predictor.
 
-read -> canonical orientation -> normalise -> stage 1 on the whole volume (coarse grid)
--> organs' bounding box + margin (whole volume if stage 1 finds nothing) -> stage 2 on the
-region (fine grid) -> logits back to the region, argmax -> paste into the full volume ->
-largest component per organ -> undo the orientation: a label map on the input's exact grid.
+read -> canonical orientation -> clip to the window -> stage 1 on the whole volume (coarse
+grid) -> organs' bounding box + margin (whole volume if stage 1 finds nothing) -> stage 2
+on the region (fine grid) -> the winning class of the logits brought back to the region ->
+largest component per organ -> pasted into the input's own axis order: a label map on the
+input's exact grid.
+
+Built for a full-size CT on a CPU: no float copy of the whole volume is made (images are
+z-scored after resampling to a stage's grid), only the class that wins at each voxel is
+brought back to full resolution (`resampled_argmax`), and clean-up and pasting touch only
+the box. `Segmenter.clock` records the seconds spent in each phase.
 
 A stage is any `Predictor`: a callable from a `StageInput` to logits. Networks are one
 kind (`NetworkPredictor`); tests plug in ground-truth oracles to check every index and
@@ -28,11 +34,12 @@ from organseg.io import Volume
 from organseg.labels import LabelSet
 from organseg.losses import dice_per_class
 from organseg.nets.unet3d import UNet3D
+from organseg.phases import PhaseClock
 from organseg.postprocess import keep_largest_component
-from organseg.preprocess.crop import Box, bounding_box, crop, paste
-from organseg.preprocess.normalize import normalize_ct
-from organseg.preprocess.orientation import canonical_transform
-from organseg.preprocess.resample import resample_image, resample_labels
+from organseg.preprocess.crop import Box, bounding_box, paste
+from organseg.preprocess.normalize import clip_to_window, ct_statistics, zscore
+from organseg.preprocess.orientation import AxisTransform, canonical_transform
+from organseg.preprocess.resample import resample_image, resample_labels, resampled_argmax
 from organseg.samples import grow_box
 
 
@@ -90,6 +97,7 @@ class Segmenter:
         self.stage2 = stage2
         self.config = config
         self.label_set = label_set
+        self.clock = PhaseClock()  # seconds spent in each phase, for profiling
 
     @classmethod
     def from_run(cls, run_dir: Path, device: str = "auto") -> Segmenter:
@@ -116,35 +124,38 @@ class Segmenter:
 
     def segment(self, image: Volume, evidence: bool = False) -> Segmentation:
         """`predict`, and with `evidence` the scores that say how far to trust the result (see `Segmentation`)."""
-        transform = canonical_transform(image.geometry)
-        geometry = transform.apply_geometry(image.geometry)
-        normalized = normalize_ct(transform.apply(image.array), self.config.window_hu)
-        coarse = self.coarse_labels(normalized)
-        box = self.box_from_coarse(coarse, normalized.shape, geometry.spacing_mm)
-        logits = self.region_logits(normalized, box)
-        labels = paste(self.logits_to_region(logits, box), box, normalized.shape)
-        if self.config.largest_component:
-            labels = keep_largest_component(labels)
-        result = Volume(np.ascontiguousarray(transform.inverse().apply(labels)), image.geometry)
+        with self.clock.phase("normalise"):
+            transform = canonical_transform(image.geometry)
+            geometry = transform.apply_geometry(image.geometry)
+            ct = WindowedCT.of(image.array, transform, self.config.window_hu)
+        coarse = self.coarse_labels(ct)
+        with self.clock.phase("locate"):
+            box = self.box_from_coarse(coarse, ct.shape, geometry.spacing_mm)
+        logits = self.region_logits(ct, box)
+        region = self.logits_to_region(logits, box)
+        with self.clock.phase("clean_up"):
+            # Outside the box every voxel is background, so the region holds every component.
+            if self.config.largest_component:
+                region = keep_largest_component(region)
+        with self.clock.phase("restore_orientation"):
+            result = Volume(_paste_in_input_order(region, box, transform, image.array.shape), image.geometry)
         if not evidence:
             return Segmentation(result, {})
-        scores = self._evidence(normalized, geometry.spacing_mm, coarse, box, logits, labels)
+        labels = paste(region, box, ct.shape)
+        scores = self._evidence(ct, geometry.spacing_mm, coarse, box, logits, labels)
         # Stage 2's top probability at every voxel; outside its box stage 1 found no organ.
         top = torch.softmax(logits.float(), dim=0).max(dim=0).values
         top_region = resample_image(top[None], box.shape, shrink="nearest")[0].numpy().astype(np.float16)
-        top_volume = paste(top_region, box, normalized.shape, fill=1.0)
+        top_volume = paste(top_region, box, ct.shape, fill=1.0)
         return Segmentation(result, scores, np.ascontiguousarray(transform.inverse().apply(top_volume)))
 
-    def locate(self, normalized: np.ndarray, spacing_mm: tuple[float, float, float]) -> Box:
-        """Stage 1: the organs' box on the canonical volume, grown by the margin; the whole volume if none."""
-        return self.box_from_coarse(self.coarse_labels(normalized), normalized.shape, spacing_mm)
-
-    def coarse_labels(self, normalized: np.ndarray) -> np.ndarray:
+    def coarse_labels(self, ct: WindowedCT) -> np.ndarray:
         """Stage 1's label map of the whole canonical volume, on its own grid."""
-        grid = self.config.stage1.grid
-        whole = Box.whole(normalized.shape)
-        stage_input = StageInput(resample_image(normalized, grid)[None, None], whole, normalized.shape)
-        return self.stage1(stage_input)[0].argmax(0).numpy().astype(np.uint8)
+        whole = Box.whole(ct.shape)
+        with self.clock.phase("resample_1"):
+            stage_input = StageInput(ct.on_grid(whole, self.config.stage1.grid), whole, ct.shape)
+        with self.clock.phase("stage_1"):
+            return self.stage1(stage_input)[0].argmax(0).numpy().astype(np.uint8)
 
     def box_from_coarse(
         self, coarse: np.ndarray, shape: tuple[int, int, int], spacing_mm: tuple[float, float, float]
@@ -159,27 +170,28 @@ class Segmenter:
         margins = np.full((2, 3), self.config.crop.margin_mm)
         return grow_box(box, spacing_mm, margins, np.zeros(3), shape)
 
-    def segment_region(self, normalized: np.ndarray, box: Box) -> np.ndarray:
+    def segment_region(self, ct: WindowedCT, box: Box) -> np.ndarray:
         """Stage 2 on `box`: labels (uint8/uint16) on the region's own voxels."""
-        return self.logits_to_region(self.region_logits(normalized, box), box)
+        return self.logits_to_region(self.region_logits(ct, box), box)
 
-    def region_logits(self, normalized: np.ndarray, box: Box) -> torch.Tensor:
+    def region_logits(self, ct: WindowedCT, box: Box) -> torch.Tensor:
         """Stage 2's logits (C, G2...) for the region `box` of the canonical volume."""
-        region = np.ascontiguousarray(crop(normalized, box))
-        stage_input = StageInput(resample_image(region, self.config.stage2.grid)[None, None], box, normalized.shape)
-        return self.stage2(stage_input)[0]
+        with self.clock.phase("resample_2"):
+            stage_input = StageInput(ct.on_grid(box, self.config.stage2.grid), box, ct.shape)
+        with self.clock.phase("stage_2"):
+            return self.stage2(stage_input)[0]
 
     def logits_to_region(self, logits: torch.Tensor, box: Box) -> np.ndarray:
         """Stage 2's logits taken back to the region's voxels and turned into labels."""
         # Linear where the region has more voxels than the grid; where it has fewer, the
         # logits at each voxel's centre, so a grid finer than the image loses nothing.
-        logits_back = resample_image(logits, box.shape, shrink="nearest")  # (C, region...)
-        dtype = np.uint8 if logits.shape[0] <= 256 else np.uint16
-        return logits_back.argmax(0).numpy().astype(dtype)
+        # Only the winning class is kept, computed without full-resolution logits.
+        with self.clock.phase("resample_back"):
+            return resampled_argmax(logits, box.shape).numpy()
 
     def _evidence(
         self,
-        normalized: np.ndarray,
+        ct: WindowedCT,
         spacing_mm: tuple[float, float, float],
         coarse: np.ndarray,
         box: Box,
@@ -197,8 +209,8 @@ class Segmenter:
         else:
             stage_agreement = mean_dice(final_on_grid1, coarse)
         # Stage 2 was trained on loose and tight boxes; a looser box should not change its answer.
-        loose = grow_box(box, spacing_mm, np.full((2, 3), LOOSE_BOX_MM), np.zeros(3), normalized.shape)
-        in_loose = self.segment_region(normalized, loose)
+        loose = grow_box(box, spacing_mm, np.full((2, 3), LOOSE_BOX_MM), np.zeros(3), ct.shape)
+        in_loose = self.segment_region(ct, loose)
         offset = tuple(slice(a - b, a - b + n) for a, b, n in zip(box.start, loose.start, box.shape))
         crop_agreement = mean_dice(self.logits_to_region(logits, box), in_loose[offset])
         return {
@@ -223,3 +235,59 @@ def _grid_box_to_volume(box: Box, grid: tuple[int, int, int], shape: tuple[int, 
     start = [int(np.floor(s * n / g)) for s, n, g in zip(box.start, shape, grid)]
     stop = [min(n, int(np.ceil(e * n / g))) for e, n, g in zip(box.stop, shape, grid)]
     return Box(tuple(start), tuple(stop))
+
+
+@dataclass(frozen=True)
+class WindowedCT:
+    """A CT clipped to the intensity window, its z-score statistics, and its canonical orientation.
+
+    Kept in the order its voxels lie in memory: a region is cut from that array, resampled
+    and only then reoriented (resampling commutes with axis flips and permutations), so a
+    full-size CT is never copied out of a transposed view. Z-scoring waits until the
+    region is on a stage's small grid (see `normalize.zscore`): the same values as
+    z-scoring first, without a float copy of the whole CT.
+    """
+
+    clipped: np.ndarray  # memory order; int16 for integer CT
+    transform: AxisTransform  # memory order -> canonical
+    mean: float
+    std: float
+
+    @classmethod
+    def of(cls, image_hu: np.ndarray, transform: AxisTransform, window_hu: tuple[float, float]) -> WindowedCT:
+        """`image_hu` with the transform that makes it canonical."""
+        mean, std = ct_statistics(image_hu, window_hu)
+        clipped = clip_to_window(image_hu, window_hu)
+        # Axes in memory order (image arrays are often transposed views, see organseg.io),
+        # so a region is cut from contiguous memory; the transform absorbs the reordering.
+        order = [int(axis) for axis in np.argsort([-stride for stride in clipped.strides], kind="stable")]
+        memory_axis = np.argsort(order)  # axis b of `clipped` is axis memory_axis[b] in memory order
+        in_memory = AxisTransform(tuple(int(memory_axis[p]) for p in transform.permutation), transform.flipped)
+        return cls(clipped.transpose(order), in_memory, mean, std)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The canonical volume's shape."""
+        return tuple(self.clipped.shape[p] for p in self.transform.permutation)
+
+    def on_grid(self, box: Box, grid: tuple[int, int, int]) -> torch.Tensor:
+        """The canonical region `box`, resampled to `grid` and z-scored: a (1, 1, *grid) network input."""
+        region = np.ascontiguousarray(self.clipped[self.transform.source_slices(box.slices, self.clipped.shape)])
+        memory_grid = [0, 0, 0]
+        for new_axis, old_axis in enumerate(self.transform.permutation):
+            memory_grid[old_axis] = grid[new_axis]
+        resampled = resample_image(region, tuple(memory_grid)).numpy()
+        canonical = torch.from_numpy(np.ascontiguousarray(self.transform.apply(resampled)))
+        return zscore(canonical, self.mean, self.std)[None, None]
+
+
+def _paste_in_input_order(
+    region: np.ndarray, box: Box, transform: AxisTransform, shape: tuple[int, int, int]
+) -> np.ndarray:
+    """The full label map in the input's own axis order: `region` at `box` of the canonical volume.
+
+    Written through a canonical view of the output, so only the box's voxels are copied.
+    """
+    labels = np.zeros(shape, region.dtype)
+    transform.apply(labels)[box.slices] = region
+    return labels

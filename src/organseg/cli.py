@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 import warnings
 from pathlib import Path
 
 from organseg.errors import InputError
+from organseg.memory import return_large_blocks_to_the_system
 
 EXIT_INPUT_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
@@ -26,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_INPUT_ERROR
+    return_large_blocks_to_the_system()  # a batch of full-size CTs must not grow the process
     try:
+        _refuse_torchrun_unless_supported(args)
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             args.handler(args)
@@ -40,6 +44,18 @@ def main(argv: list[str] | None = None) -> int:
         message = f"internal error: {type(error).__name__}: {error} (rerun with --debug for the traceback)"
         return _fail(args, message, EXIT_INTERNAL_ERROR)
     return 0
+
+
+def _refuse_torchrun_unless_supported(args: argparse.Namespace) -> None:
+    """Under torchrun, only the commands that split their work over the processes run (else each would redo it all)."""
+    if "WORLD_SIZE" not in os.environ or getattr(args, "distributed", False):
+        return
+    from organseg.distributed import World
+
+    if World.from_environment().is_distributed:
+        raise InputError(
+            f"{args.command} runs in one process; under torchrun run train, predict or pseudo-label (or drop torchrun)"
+        )
 
 
 def _fail(args: argparse.Namespace, message: str, status: int) -> int:
@@ -68,6 +84,7 @@ def _subcommand(commands: argparse._SubParsersAction, name: str, **kwargs) -> ar
     """A subcommand parser that also takes --debug after the command name."""
     command = commands.add_parser(name, **kwargs)
     command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
+    command.set_defaults(command=name)
     return command
 
 
@@ -188,7 +205,9 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         help="train the two-stage model on a dataset's labelled cases",
         description=(
             "Train stage 1 (whole volume, coarse grid) and stage 2 (organ region, fine grid). "
-            "Settings: a preset (cpu is the default), then a JSON config file, then --set key=value."
+            "Settings: a preset (cpu is the default), then a JSON config file, then --set key=value. "
+            "On several GPUs or nodes: torchrun --nproc_per_node N -m organseg train ... (data parallel; "
+            "the effective batch is batch_size x N)."
         ),
     )
     _add_dataset_arguments(command)
@@ -201,13 +220,15 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     command.add_argument("--stage", choices=("1", "2", "both"), default="both", help="which stage(s) to train")
     command.add_argument("--resume", action="store_true", help="continue an interrupted run from its last epoch")
     command.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    command.set_defaults(handler=_run_train)
+    command.set_defaults(handler=_run_train, distributed=True)
 
 
 def _run_train(args: argparse.Namespace) -> None:
     from organseg.config import DEFAULT_PRESET, resolve_config
+    from organseg.distributed import World
     from organseg.runs import run_training
 
+    world = World.from_environment()
     config = None
     if not args.resume:
         config = resolve_config(args.preset or DEFAULT_PRESET, args.config, args.set)
@@ -215,7 +236,10 @@ def _run_train(args: argparse.Namespace) -> None:
         raise InputError("--resume continues a run with its saved settings; drop --preset, --config and --set")
     stages = {"1": ("stage1",), "2": ("stage2",), "both": ("stage1", "stage2")}[args.stage]
     dataset = _dataset_from_args(args)
-    results = run_training(dataset, args.run_dir, config, stages, args.device, args.resume, sys.stderr.isatty())
+    progress = sys.stderr.isatty()
+    results = run_training(dataset, args.run_dir, config, stages, args.device, args.resume, progress, world=world)
+    if not world.is_main:
+        return
     for stage, row in results.items():
         print(f"{stage}: {row.get('epoch', 0)} epochs, last loss {row.get('loss', float('nan')):.4f}")
     print(f"model in {args.run_dir}; predict with: organseg predict {args.run_dir} INPUT OUTPUT")
@@ -241,18 +265,38 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
         help="record each case's time, memory, CPU and GPU use (FLARE22 style) in profile.csv and "
         "profile.json in OUTPUT (or CASE.profile.csv/.json beside a single output file)",
     )
-    command.set_defaults(handler=_run_predict)
+    _add_shard_argument(command)
+    command.set_defaults(handler=_run_predict, distributed=True)
+
+
+def _add_shard_argument(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="do only shard I of N of the cases (0 <= I < N; case i goes to shard i mod N in case-id order), "
+        "e.g. on N machines or as a SLURM array; under torchrun each process takes its rank's shard by itself",
+    )
+
+
+def _worker(args: argparse.Namespace):
+    """(shard, device name) of this worker: --shard or its torchrun rank; under torchrun its own GPU."""
+    from organseg.distributed import World
+    from organseg.shards import worker_shard
+
+    world = World.from_environment()
+    return worker_shard(args.shard, world.rank, world.world_size), world.device(args.device)
 
 
 def _run_predict(args: argparse.Namespace) -> None:
     from organseg.predict import profile_paths, run_prediction
 
-    written = run_prediction(
-        args.run_dir, args.input, args.output, args.device, progress=sys.stderr.isatty(), profile=args.profile
-    )
-    print(f"wrote {len(written)} label map(s) to {args.output}")
+    shard, device = _worker(args)
+    progress = sys.stderr.isatty()
+    written = run_prediction(args.run_dir, args.input, args.output, device, progress, args.profile, shard)
+    where = "" if shard.is_whole else f" (shard {shard})"
+    print(f"wrote {len(written)} label map(s) to {args.output}{where}")
     if args.profile and written:
-        csv_path, json_path = profile_paths(args.output)
+        csv_path, json_path = profile_paths(args.output, shard)
         print(f"efficiency profile: {csv_path}, {json_path}")
 
 
@@ -283,7 +327,8 @@ def _add_pseudo_label(commands: argparse._SubParsersAction) -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="an ssl setting, e.g. ssl.filter=fraction"
     )
     command.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    command.set_defaults(handler=_run_pseudo_label)
+    _add_shard_argument(command)
+    command.set_defaults(handler=_run_pseudo_label, distributed=True)
 
 
 def _run_pseudo_label(args: argparse.Namespace) -> None:
@@ -297,9 +342,13 @@ def _run_pseudo_label(args: argparse.Namespace) -> None:
         raise InputError("pseudo-label takes only ssl.* settings, e.g. --set ssl.filter=threshold")
     config = from_dict(json.loads(saved.read_text()), base=Config(), source=str(saved))
     settings = resolve_config(config.preset, overrides=[*_as_overrides(config.ssl), *args.set]).ssl
+    shard, device = _worker(args)
     manifest = run_pseudo_labelling(
-        args.run_dir, args.images_dir, args.out_dir, settings, args.previous, args.device, sys.stderr.isatty()
+        args.run_dir, args.images_dir, args.out_dir, settings, args.previous, device, sys.stderr.isatty(), shard
     )
+    if manifest is None:
+        print(f"shard {shard} done; other shards still have cases: the last to finish writes the manifest")
+        return
     kept = sum(row.kept for row in manifest)
     print(f"{len(manifest)} pseudo-label(s), {kept} kept; manifest: {args.out_dir / 'manifest.csv'}")
 

@@ -15,6 +15,7 @@ import gzip
 import math
 import struct
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,9 +129,21 @@ def _read_file(path: Path) -> sitk.Image:
         raise InputError(f"{path}: not a regular file")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: file is empty; re-export or remove it")
-    name = path.name.lower()
-    if name.endswith((".nii", ".nii.gz")):
-        _check_nifti_complete(path)
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        return _itk_read(path)
+    _check_nifti_header(path)  # before ITK sees the file: some headers make it hang
+    # Scanning the data takes as long as ITK's own read (both inflate the whole gzip
+    # stream) and both release the GIL, so they run side by side.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        scan = pool.submit(_check_nifti_complete, path)
+        try:
+            image = _itk_read(path)
+        finally:
+            scan.result()  # a truncated or corrupt file is named as such, not as ITK saw it
+    return image
+
+
+def _itk_read(path: Path) -> sitk.Image:
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as error:
@@ -251,6 +264,17 @@ class _NiftiLayout:
     data_offset: int
     data_bytes: int
     float_dtype: np.dtype | None  # set when voxel values must be checked for NaN/Inf
+
+
+def _check_nifti_header(path: Path) -> None:
+    """Refuse a NIfTI header that is incomplete or places the image impossibly (reads 540 bytes)."""
+    try:
+        with gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb") as stream:
+            _nifti_layout(stream.read(540), path)
+    except EOFError:
+        raise InputError(f"{path}: file is truncated (gzip stream ends early); re-copy or re-export it") from None
+    except (OSError, zlib.error) as error:
+        raise InputError(f"{path}: file is corrupt ({error}); re-copy or re-export it") from None
 
 
 def _check_nifti_complete(path: Path) -> None:

@@ -6,6 +6,9 @@ maps already present are skipped, so an interrupted batch resumes where it stopp
 With `profile`, each case's reading, prediction and writing is profiled (see
 `organseg.profiling`): OUTPUT/profile.csv and profile.json when OUTPUT is a folder, else
 beside the label map (`case.nii.gz` -> `case.profile.csv`, `case.profile.json`).
+
+A folder can be split over workers (`shard`, see organseg.shards): each writes the label
+maps of its own cases, and its profile as profile.shard-I-of-N.csv/.json.
 """
 
 from __future__ import annotations
@@ -25,19 +28,27 @@ from organseg.device import resolve_device
 from organseg.errors import InputError
 from organseg.io import Volume, case_id, is_image_path, read_image, write_label
 from organseg.profiling import Profiler, write_profile
+from organseg.shards import WHOLE, Shard
 
 OUTPUT_SUFFIX = ".nii.gz"
 
 
 def run_prediction(
-    run_dir: Path, source: Path, output: Path, device: str = "auto", progress: bool = True, profile: bool = False
+    run_dir: Path,
+    source: Path,
+    output: Path,
+    device: str = "auto",
+    progress: bool = True,
+    profile: bool = False,
+    shard: Shard = WHOLE,
 ) -> list[Path]:
     """Segment `source` into `output`; returns the label maps written.
 
     With `profile`, also writes the efficiency profile of every case predicted (see the module notes).
+    `shard`: of a folder, only this shard's cases.
     """
     source, output = Path(source), Path(output)
-    jobs = _jobs(source, output)
+    jobs = _jobs(source, output, shard)
     loading = time.perf_counter()
     segmenter = Segmenter.from_run(run_dir, device)
     load_s = time.perf_counter() - loading
@@ -45,14 +56,18 @@ def run_prediction(
     written = []
     for case, target in tqdm(jobs, desc="predicting", unit="case", disable=not progress):
         with profiler.case(case.case_id) if profiler else contextlib.nullcontext():
-            image = read_image(case.image)
+            with segmenter.clock.phase("read"):
+                image = read_image(case.image)
             labels = _segment(segmenter, image, case.image)
-            write_label(labels.array, labels.geometry, target)
+            with segmenter.clock.phase("write"):
+                write_label(labels.array, labels.geometry, target)
         written.append(target)
+        phases = segmenter.clock.take()
         if profiler:
+            profiler.rows[-1].update({f"{phase}_s": seconds for phase, seconds in phases.items()})
             # After every case: an interrupted batch keeps the profile of what it finished.
             write_profile(
-                profiler.rows, *profile_paths(output), {**profiler.settings, "model_load_s": round(load_s, 4)}
+                profiler.rows, *profile_paths(output, shard), {**profiler.settings, "model_load_s": round(load_s, 4)}
             )
     return written
 
@@ -67,18 +82,24 @@ def _segment(segmenter: Segmenter, image: Volume, path: Path) -> Volume:
     return segmenter.predict(image)
 
 
-def profile_paths(output: Path) -> tuple[Path, Path]:
+def profile_paths(output: Path, shard: Shard = WHOLE) -> tuple[Path, Path]:
     """Where `run_prediction` writes the profile (CSV, JSON) for `output`: inside a folder, else beside the file."""
     if output.is_dir():
-        return output / "profile.csv", output / "profile.json"
+        # One profile per shard: workers never write the same file.
+        stem = "profile" if shard.is_whole else f"profile.{shard.tag}"
+        return output / f"{stem}.csv", output / f"{stem}.json"
     stem, _ = split_suffix(output)
     return output.with_name(f"{stem}.profile.csv"), output.with_name(f"{stem}.profile.json")
 
 
-def _jobs(source: Path, output: Path) -> list[tuple[Case, Path]]:
-    """(case, label map path) pairs; in folder mode the ones already written are left out."""
+def _jobs(source: Path, output: Path, shard: Shard) -> list[tuple[Case, Path]]:
+    """(case, label map path) pairs; in folder mode the shard's, less the ones already written."""
     if not source.exists():
         raise InputError(f"{source}: no such file or folder; check the path")
+    if (source.is_file() or is_dicom_series(source)) and not shard.is_whole:
+        raise InputError(
+            f"{source}: one image cannot be split over workers; give a folder, or run without --shard or torchrun"
+        )
     if source.is_file() or is_dicom_series(source):
         case = Case(_case_id(source), source, None)
         if output.is_dir():
@@ -86,7 +107,8 @@ def _jobs(source: Path, output: Path) -> list[tuple[Case, Path]]:
         if not is_image_path(output):
             raise InputError(f"{output}: give a label map file name ending in .nii.gz (or .nrrd, .mha), or a folder")
         return [(case, output)]
-    cases = folder_cases(source)
+    # The shard comes from the whole folder, never from what is left: so workers stay disjoint.
+    cases = shard.select(folder_cases(source), key=lambda case: case.case_id)
     if output.exists() and not output.is_dir():
         raise InputError(f"{output}: is a file; a folder of images needs an output folder")
     output.mkdir(parents=True, exist_ok=True)

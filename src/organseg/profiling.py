@@ -32,6 +32,7 @@ import psutil
 
 from organseg.atomic import atomic_write
 from organseg.errors import InputError
+from organseg.phases import PREDICT_PHASES
 
 if TYPE_CHECKING:
     import torch
@@ -49,8 +50,10 @@ COLUMNS = (
     "gpu_area_mb_s",  # area under the GPU memory curve
     "gpu_area_above_2048_mb_s",  # area of the curve above GPU_MEMORY_FLOOR_MB: FLARE22's measure
     "samples",  # number of samples taken
+    # then the seconds spent in each phase of the case (organseg.phases.PREDICT_PHASES)
+    *(f"{phase}_s" for phase in PREDICT_PHASES),
 )
-NUMERIC_COLUMNS = COLUMNS[1:-1]
+NUMERIC_COLUMNS = tuple(column for column in COLUMNS[1:] if column != "samples")
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,7 @@ def case_row(case_id: str, wall_s: float, samples: Samples, gpu_peak_mb: float |
         "gpu_area_mb_s": None,
         "gpu_area_above_2048_mb_s": None,
         "samples": int(times.size),
+        **{f"{phase}_s": None for phase in PREDICT_PHASES},  # filled in by whoever timed the phases
     }
     if samples.gpu_mb is not None:
         row["gpu_peak_mb"] = max(float(samples.gpu_mb.max()), gpu_peak_mb or 0.0)
@@ -214,9 +218,11 @@ def read_profile_rows(csv_path: Path) -> list[dict]:
         return []
     with open(csv_path, newline="") as stream:
         reader = csv.DictReader(stream)
-        if tuple(reader.fieldnames or ()) != COLUMNS:
+        # Profiles written before the phase columns existed are read too (those cells empty).
+        if "case" not in (reader.fieldnames or ()) or not set(reader.fieldnames) <= set(COLUMNS):
             raise InputError(f"{csv_path}: not an organseg profile (other columns); move it away or delete it")
-        return [{key: (value if key == "case" else _number(value)) for key, value in row.items()} for row in reader]
+        rows = [{key: (value if key == "case" else _number(value)) for key, value in row.items()} for row in reader]
+    return [{column: row.get(column) for column in COLUMNS} for row in rows]
 
 
 def write_profile(rows: list[dict], csv_path: Path, json_path: Path, settings: dict | None = None) -> None:

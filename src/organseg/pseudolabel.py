@@ -9,6 +9,15 @@
   manifest.csv    case, quality score and its parts, organ volumes (mL), kept, reason
   manifest.json   the same, with the filter rule that decided `kept`
 
+Split over workers (`--shard I/N`, or torchrun's ranks; see organseg.shards), each worker
+labels its own cases and appends to its own `scores.shard-I-of-N.jsonl`, since appends
+from several processes to one file could interleave. Every worker reads the union of all
+scores files, so a rerun of any worker, sharded or not, skips whatever any worker finished.
+The manifest needs every case: the worker that finds all of them scored when its own are
+done writes it (the last to finish; two finishing together write the same file), and a
+rerun of any worker once all are done writes it again. Do not run an unsharded worker
+beside sharded ones in one folder: it would take up their cases too.
+
 Clean-up (after the cascade's largest component per organ): pieces under
 `ssl.min_component_ml` removed, cavities enclosed by one organ filled. Then, with
 `ssl.min_voxel_confidence` > 0, voxels where the teacher's top probability is lower are
@@ -35,7 +44,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from organseg.atomic import append_line, atomic_write, sweep_partials
+from organseg.atomic import append_line, atomic_write, create_once, sweep_partials
 from organseg.cascade import Segmenter, mean_dice
 from organseg.config import SelfTrainingConfig
 from organseg.dataset import Case
@@ -46,6 +55,7 @@ from organseg.losses import IGNORE_LABEL
 from organseg.metrics import organ_volumes_ml
 from organseg.postprocess import fill_holes, keep_largest_component, remove_small_components
 from organseg.predict import folder_cases
+from organseg.shards import WHOLE, Shard
 
 LABEL_SUFFIX = ".nii.gz"
 SCORES = "scores.jsonl"
@@ -74,24 +84,38 @@ def run_pseudo_labelling(
     previous_dir: Path | None = None,
     device: str = "auto",
     progress: bool = True,
-) -> list[PseudoLabel]:
+    shard: Shard = WHOLE,
+) -> list[PseudoLabel] | None:
     """Pseudo-label every image (a folder or a list of cases) with the run's model; returns the manifest.
 
     `settings` defaults to the run's own `ssl` settings. `previous_dir` holds the previous
-    round's pseudo-labels, whose agreement then joins the quality score.
+    round's pseudo-labels, whose agreement then joins the quality score. With `shard`,
+    only that shard's cases are labelled; None is returned while other shards still have
+    cases to finish (the manifest is then theirs to write).
     """
     out_dir = Path(out_dir)
     cases = _image_cases(images) if isinstance(images, Path) else list(images)
     segmenter = Segmenter.from_run(run_dir, device)
     settings = settings or segmenter.config.ssl
     _claim(out_dir, Path(run_dir))
-    sweep_partials(out_dir)  # what a killed run was writing; its case is redone below
+    mine = shard.select(cases, key=lambda case: case.case_id)
+    # What a killed run of this worker was writing; its case is redone below. Other
+    # workers' temporary files are theirs: they may be writing them right now.
+    sweep_partials(out_dir, None if shard.is_whole else [case.case_id for case in mine])
     done = read_scores(out_dir)
-    todo = [case for case in cases if not (case.case_id in done and _label_path(out_dir, case).is_file())]
+    todo = [case for case in mine if not _finished(out_dir, case, done)]
+    scores = scores_path(out_dir, shard)
     for case in tqdm(todo, desc="pseudo-labelling", unit="case", disable=not progress):
-        done[case.case_id] = _pseudo_label_case(segmenter, case, out_dir, settings, previous_dir)
+        _pseudo_label_case(segmenter, case, out_dir, settings, previous_dir, scores)
+    done = read_scores(out_dir)  # with the rows other workers appended meanwhile
+    if not all(_finished(out_dir, case, done) for case in cases):
+        return None
     rows = [done[case.case_id] for case in cases]
     return write_manifest(out_dir, cases, rows, settings, segmenter.label_set)
+
+
+def _finished(out_dir: Path, case: Case, done: dict[str, dict]) -> bool:
+    return case.case_id in done and _label_path(out_dir, case).is_file()
 
 
 def _image_cases(folder: Path) -> list[Case]:
@@ -105,12 +129,9 @@ def _claim(out_dir: Path, run_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / SOURCE
     source = {"run_dir": str(run_dir.resolve())}
-    if path.is_file():
-        if json.loads(path.read_text()) != source:
-            raise InputError(f"{out_dir}: holds pseudo-labels of another model ({path}); choose a new OUT_DIR")
-        return
-    with atomic_write(path) as temporary:
-        temporary.write_text(json.dumps(source) + "\n")
+    # Workers may start together: one of them creates the file, the others compare with it.
+    if not create_once(path, json.dumps(source) + "\n") and json.loads(path.read_text()) != source:
+        raise InputError(f"{out_dir}: holds pseudo-labels of another model ({path}); choose a new OUT_DIR")
 
 
 def _label_path(out_dir: Path, case: Case) -> Path:
@@ -118,7 +139,12 @@ def _label_path(out_dir: Path, case: Case) -> Path:
 
 
 def _pseudo_label_case(
-    segmenter: Segmenter, case: Case, out_dir: Path, settings: SelfTrainingConfig, previous_dir: Path | None
+    segmenter: Segmenter,
+    case: Case,
+    out_dir: Path,
+    settings: SelfTrainingConfig,
+    previous_dir: Path | None,
+    scores: Path,
 ) -> dict:
     image = read_image(case.image)
     segmentation = segmenter.segment(image, evidence=True)
@@ -140,7 +166,7 @@ def _pseudo_label_case(
         "volumes_ml": {segmenter.label_set.name(label): round(volume, 3) for label, volume in volumes.items()},
     }
     write_label(labels.array, labels.geometry, _label_path(out_dir, case))
-    _append_score(out_dir, row)
+    append_line(scores, json.dumps(row))  # a torn line is ignored by read_scores, its case redone
     return row
 
 
@@ -166,15 +192,21 @@ def clean_pseudo_label(labels: Volume, settings: SelfTrainingConfig) -> Volume:
     return Volume(array, labels.geometry)
 
 
-def _append_score(out_dir: Path, row: dict) -> None:
-    append_line(out_dir / SCORES, json.dumps(row))  # a torn line is ignored by read_scores, its case redone
+def scores_path(out_dir: Path, shard: Shard = WHOLE) -> Path:
+    """The scores file a worker appends to: scores.jsonl, or scores.shard-I-of-N.jsonl for a shard."""
+    return Path(out_dir) / (SCORES if shard.is_whole else f"scores.{shard.tag}.jsonl")
+
+
+def scores_files(out_dir: Path) -> list[Path]:
+    """Every worker's scores file in `out_dir`, the least recently written first."""
+    paths = [Path(out_dir) / SCORES, *Path(out_dir).glob("scores.shard-*-of-*.jsonl")]
+    return sorted((path for path in paths if path.is_file()), key=lambda path: (path.stat().st_mtime_ns, path.name))
 
 
 def read_scores(out_dir: Path) -> dict[str, dict]:
-    """The finished cases' rows, by case id (the last row wins)."""
-    path = Path(out_dir) / SCORES
+    """The finished cases' rows, by case id, from all scores files (the last row wins, the newest file last)."""
     rows = {}
-    if path.is_file():
+    for path in scores_files(out_dir):
         for line in path.read_text().splitlines():
             try:
                 row = json.loads(line)

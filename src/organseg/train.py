@@ -5,6 +5,10 @@ schedule, epoch, random states, best metric), so a run killed at any moment resu
 `--resume` losing at most the epoch in progress. `best.pt` is the checkpoint with the
 highest validation Dice (or the last one when there is no validation case). One JSON line
 per epoch goes to `log.jsonl`; `curve.png` shows loss and validation Dice.
+
+Under several processes (torchrun; see organseg.distributed for the whole scheme) the
+model is wrapped in DistributedDataParallel, every process draws its own samples, rank 0
+alone validates and writes, and `last.pt` holds every process's random state.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from organseg.atomic import append_line, atomic_write
@@ -25,6 +30,7 @@ from organseg.augment import augment
 from organseg.checkpoint import load_checkpoint, save_checkpoint
 from organseg.config import Config, StageConfig, to_dict
 from organseg.device import autocast, use_bf16
+from organseg.distributed import ALONE, World
 from organseg.errors import InputError
 from organseg.labels import LabelSet
 from organseg.losses import dice_ce_loss, dice_per_class
@@ -48,6 +54,7 @@ class StageState:
     epoch: int = 0  # epochs completed
     best_metric: float = -math.inf
     best_epoch: int = -1
+    replica: torch.nn.Module | None = None  # the model in DistributedDataParallel, under several processes
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,7 @@ class StageRun:
     stage_dir: Path
     device: torch.device
     bf16: bool
+    world: World = ALONE
 
     @property
     def stage(self) -> StageConfig:
@@ -94,26 +102,43 @@ def train_stage(
     device: torch.device,
     resume: bool = False,
     progress: bool = True,
+    world: World = ALONE,
 ) -> dict:
-    """Train stage `name` ('stage1' or 'stage2'); returns the last log row."""
-    run = StageRun(name, config, label_set, Path(stage_dir), device, use_bf16(device, config.precision))
+    """Train stage `name` ('stage1' or 'stage2'); returns the last log row.
+
+    `world`: this process's place among several (torchrun), each calling `train_stage`
+    alike; its process group must be up (organseg.distributed.process_group).
+    """
+    bf16 = use_bf16(device, config.precision)
+    run = StageRun(name, config, label_set, Path(stage_dir), device, bf16, world)
     run.stage_dir.mkdir(parents=True, exist_ok=True)
     state = _initial_state(run)
     last = run.stage_dir / "last.pt"
     if resume and last.is_file():
-        _restore(state, load_checkpoint(last, device))
-        print(f"{name}: resuming after epoch {state.epoch} of {run.stage.epochs}")
+        _restore(run, state, load_checkpoint(last, device))
+        if world.is_main:
+            print(f"{name}: resuming after epoch {state.epoch} of {run.stage.epochs}")
     elif last.is_file():
         raise InputError(f"{run.stage_dir}: already holds a trained {name}; use --resume to continue or a new RUN_DIR")
-    iterations = run.stage.iterations_per_epoch or math.ceil(len(train_cases) / run.stage.batch_size)
+    world.barrier()  # every process has looked at last.pt before rank 0 writes the next one
+    if world.is_distributed:
+        # Wrapped after the restore: DDP starts every replica from rank 0's weights.
+        state.replica = DistributedDataParallel(
+            state.model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    # One pass over the cases is shared by the processes: each takes batch_size samples a step.
+    per_step = run.stage.batch_size * world.world_size
+    iterations = run.stage.iterations_per_epoch or math.ceil(len(train_cases) / per_step)
     total = run.stage.epochs * iterations
     row = {"epoch": state.epoch, "best_metric": state.best_metric}
-    with tqdm(total=total, initial=state.epoch * iterations, desc=name, unit="it", disable=not progress) as bar:
+    shown = progress and world.is_main
+    with tqdm(total=total, initial=state.epoch * iterations, desc=name, unit="it", disable=not shown) as bar:
         while state.epoch < run.stage.epochs:
             started = time.perf_counter()
             losses = [_train_step(run, state, train_cases) for _ in _count(bar, iterations)]
             row = _end_epoch(run, state, losses, val_cases, started)
             bar.set_postfix(loss=f"{row['loss']:.3f}", val_dice=_format(row.get("val_dice")))
+    world.assert_replicas_agree(state.model)
     return row
 
 
@@ -125,12 +150,23 @@ def _count(bar: tqdm, iterations: int):
 
 def _initial_state(run: StageRun) -> StageState:
     seed = run.config.seed + STAGES.index(run.name)
-    torch.manual_seed(seed)  # the network's He initialisation
+    torch.manual_seed(seed)  # the network's He initialisation: the same in every process
     model = build_model(run.stage, run.num_classes).to(run.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=run.stage.learning_rate, weight_decay=run.stage.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=run.stage.lr_halving_epochs, gamma=0.5)
-    generator = torch.Generator().manual_seed(seed)
-    return StageState(model, optimizer, scheduler, np.random.default_rng(seed), generator)
+    stream = stream_seed(seed, run.world.rank)
+    generator = torch.Generator().manual_seed(stream)
+    return StageState(model, optimizer, scheduler, np.random.default_rng(stream), generator)
+
+
+def stream_seed(seed: int, rank: int) -> int:
+    """The seed of a process's random stream (samples, augmentation): `seed` itself for rank 0.
+
+    So one process draws exactly as always, and every other process its own samples.
+    """
+    if rank == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
 
 
 def _train_step(run: StageRun, state: StageState, cases: list[PreparedCase]) -> float:
@@ -143,8 +179,9 @@ def _train_step(run: StageRun, state: StageState, cases: list[PreparedCase]) -> 
         targets.append(labels)
         weights.append(case.weight)
     state.model.train()
+    network = state.model if state.replica is None else state.replica  # the replica averages gradients
     with autocast(run.device, run.bf16):
-        logits = state.model(torch.stack(images).to(run.device))
+        logits = network(torch.stack(images).to(run.device))
     loss = dice_ce_loss(logits, torch.stack(targets).to(run.device), torch.tensor(weights, dtype=torch.float32))
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -186,27 +223,38 @@ def _sample(run: StageRun, case: PreparedCase, rng: np.random.Generator | None):
 
 
 def _end_epoch(run: StageRun, state: StageState, losses: list[float], val_cases: list[PreparedCase], started) -> dict:
-    """Step the schedule, validate when due, write checkpoints and the log; returns the log row."""
+    """Step the schedule, validate when due, write checkpoints and the log; returns the log row (rank 0's)."""
     state.epoch += 1
-    row = {"epoch": state.epoch, "loss": float(np.mean(losses)), "lr": state.optimizer.param_groups[0]["lr"]}
+    loss = run.world.mean(float(np.mean(losses)))
+    row = {"epoch": state.epoch, "loss": loss, "lr": state.optimizer.param_groups[0]["lr"]}
     state.scheduler.step()
+    streams = run.world.gather(_random_state(state))  # every process's, for an exact resume
+    if run.world.is_main:
+        _validate_and_write(run, state, row, val_cases, started, streams)
+    # After rank 0's writes: no process leaves the epoch before its checkpoint is complete.
+    return run.world.broadcast(row)
+
+
+def _validate_and_write(
+    run: StageRun, state: StageState, row: dict, val_cases: list[PreparedCase], started, streams: list[dict]
+) -> None:
+    """Rank 0's part of an epoch's end: validation when due, best.pt, the log row, last.pt, the curve."""
     due = state.epoch % run.stage.val_every == 0 or state.epoch == run.stage.epochs
     if due and val_cases:
         row.update(validate(run, state.model, val_cases))
         if row["val_dice"] > state.best_metric:
             state.best_metric, state.best_epoch = row["val_dice"], state.epoch
-            save_checkpoint(run.stage_dir / "best.pt", _content(run, state))
+            save_checkpoint(run.stage_dir / "best.pt", _content(run, state, streams))
     row["seconds"] = round(time.perf_counter() - started, 3)
     # The log row first: a kill before the checkpoint then repeats this epoch's row on
     # resume, instead of leaving a gap in the log.
     _append_log(run.stage_dir, row)
-    save_checkpoint(run.stage_dir / "last.pt", _content(run, state))
+    save_checkpoint(run.stage_dir / "last.pt", _content(run, state, streams))
     if not val_cases:  # nothing to choose by: the newest model is the best we know
         with atomic_write(run.stage_dir / "best.pt") as temporary:
             shutil.copyfile(run.stage_dir / "last.pt", temporary)
     if due:
         save_training_curve(_read_log(run.stage_dir), run.stage_dir / "curve.png", title=run.name)
-    return row
 
 
 @torch.no_grad()
@@ -227,8 +275,9 @@ def validate(run: StageRun, model: UNet3D, cases: list[PreparedCase]) -> dict:
     return {"val_dice": float(np.mean(list(means.values()))) if means else 0.0, "val_dice_per_organ": means}
 
 
-def _content(run: StageRun, state: StageState) -> dict:
-    return {
+def _content(run: StageRun, state: StageState, streams: list[dict]) -> dict:
+    """A checkpoint's content; `streams`: the random state of every process, by rank."""
+    content = {
         "stage": run.name,
         "epoch": state.epoch,
         "best_metric": state.best_metric,
@@ -237,18 +286,31 @@ def _content(run: StageRun, state: StageState) -> dict:
         "net": state.model.init_kwargs,
         "optimizer": state.optimizer.state_dict(),
         "scheduler": state.scheduler.state_dict(),
-        "rng": {"numpy": state.rng.bit_generator.state, "torch": state.generator.get_state()},
+        "rng": _random_state(state),
         "config": to_dict(run.config),
         "labels": run.label_set.to_json(),
     }
+    if len(streams) > 1:
+        content["rng_ranks"] = streams
+    return content
 
 
-def _restore(state: StageState, content: dict) -> None:
+def _random_state(state: StageState) -> dict:
+    return {"numpy": state.rng.bit_generator.state, "torch": state.generator.get_state()}
+
+
+def _restore(run: StageRun, state: StageState, content: dict) -> None:
+    """Load a checkpoint into `state`; each process takes its own random state when the checkpoint has it."""
     state.model.load_state_dict(content["model"])
     state.optimizer.load_state_dict(content["optimizer"])
     state.scheduler.load_state_dict(content["scheduler"])
-    state.rng.bit_generator.state = content["rng"]["numpy"]
-    state.generator.set_state(content["rng"]["torch"])
+    streams = content.get("rng_ranks") or [content["rng"]]
+    if run.world.rank < len(streams):
+        state.rng.bit_generator.state = streams[run.world.rank]["numpy"]
+        # The generator state must be a CPU tensor, whatever device the checkpoint was loaded to.
+        state.generator.set_state(streams[run.world.rank]["torch"].cpu())
+    elif run.world.rank == len(streams):  # the first rank without a saved state says so, once
+        print(f"{run.name}: rank {run.world.rank} and above start fresh random streams ({len(streams)} saved)")
     state.epoch = int(content["epoch"])
     state.best_metric = float(content["best_metric"])
     state.best_epoch = int(content["best_epoch"])

@@ -41,6 +41,21 @@ class AxisTransform:
         flips = tuple(slice(None, None, -1 if f else None) for f in self.flipped)
         return moved[(Ellipsis, *flips)]
 
+    def source_slices(
+        self, slices: tuple[slice, slice, slice], source_shape: tuple[int, int, int]
+    ) -> tuple[slice, ...]:
+        """The slices of the source array holding the region `apply(source)[slices]` (unit steps, in range).
+
+        So a region can be cut from the stored array, which is cheaper than copying it out
+        of a transposed, reversed view: apply(source)[slices] == apply(source[source_slices]).
+        """
+        result = [slice(None)] * 3
+        for new_axis, (old_axis, flip) in enumerate(zip(self.permutation, self.flipped)):
+            start, stop, _ = slices[new_axis].indices(source_shape[old_axis])
+            size = source_shape[old_axis]
+            result[old_axis] = slice(size - stop, size - start) if flip else slice(start, stop)
+        return tuple(result)
+
     def inverse(self) -> AxisTransform:
         """The transform that undoes this one."""
         inverse_permutation = tuple(int(a) for a in np.argsort(self.permutation))

@@ -24,6 +24,7 @@ Gaussian low-pass (1.4-2.9 s per axis with PyTorch convolutions).
 
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import numpy as np
@@ -52,14 +53,19 @@ def axis_weights(size_in: int, size_out: int, shrink: str = "area") -> np.ndarra
         overlap = np.minimum(edges[1:, None], cells[None, :] + 1) - np.maximum(edges[:-1, None], cells[None, :])
         weights = np.clip(overlap, 0, None)
         return weights / weights.sum(axis=1, keepdims=True)
-    centres = np.clip((np.arange(size_out) + 0.5) * size_in / size_out - 0.5, 0, size_in - 1)
-    lower = np.floor(centres).astype(np.int64)
-    upper = np.minimum(lower + 1, size_in - 1)
-    fraction = centres - lower
+    lower, upper, fraction = _linear_neighbours(size_in, size_out)
     weights = np.zeros((size_out, size_in))
     np.add.at(weights, (np.arange(size_out), lower), 1 - fraction)
     np.add.at(weights, (np.arange(size_out), upper), fraction)
     return weights
+
+
+def _linear_neighbours(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each output voxel of a growing axis: the input voxels either side of its centre and the upper's weight."""
+    centres = np.clip((np.arange(size_out) + 0.5) * size_in / size_out - 0.5, 0, size_in - 1)
+    lower = np.floor(centres).astype(np.int64)
+    upper = np.minimum(lower + 1, size_in - 1)
+    return lower, upper, centres - lower
 
 
 def resample_image(image: np.ndarray | torch.Tensor, shape: Shape3, shrink: str = "area") -> torch.Tensor:
@@ -76,6 +82,77 @@ def resample_image(image: np.ndarray | torch.Tensor, shape: Shape3, shrink: str 
         return tensor
     matrices = [_weights_tensor(axis_weights(n_in, n_out, shrink), tensor) for n_in, n_out in zip(sizes, shape)]
     return _apply_separable(tensor, matrices)
+
+
+def resampled_argmax(logits: torch.Tensor, shape: Shape3, chunk_voxels: int = 1 << 20) -> torch.Tensor:
+    """The class with the highest logit at every voxel of `resample_image(logits, shape, "nearest")`.
+
+    Without making that (C, *shape) float array: along each axis an output voxel reads at
+    most two input voxels (linear weights when growing, the voxel under its centre when
+    shrinking), so at most 8 in all. Where one class wins at all 8, it wins their convex
+    combination too, and the answer is read off the input's own argmax; only the other
+    voxels, along the borders between classes, are interpolated (`chunk_voxels` at a time).
+    Time and memory then follow the borders rather than classes x voxels.
+
+    Returns uint8 labels (int16 past 256 classes) of `shape`.
+    """
+    logits = logits.float()
+    sizes = tuple(logits.shape[-3:])
+    dtype = torch.uint8 if logits.shape[0] <= 256 else torch.int16
+    neighbours = [_neighbours(n_in, n_out) for n_in, n_out in zip(sizes, shape)]
+    winners = logits.argmax(0).to(dtype)
+    agree = _winner_agrees(winners, [int((upper != lower).any()) for lower, upper, _ in neighbours])
+    lowers = [torch.from_numpy(lower) for lower, _, _ in neighbours]
+    labels = _take_grid(winners, lowers)
+    border = torch.nonzero(~_take_grid(agree, lowers))  # (N, 3) output voxels to interpolate
+    by_voxel = logits.reshape(logits.shape[0], -1).T.contiguous()  # (voxels, C): one voxel's logits together
+    for start in range(0, len(border), chunk_voxels):
+        voxels = border[start : start + chunk_voxels]
+        labels[tuple(voxels.T)] = _interpolate_at(by_voxel, sizes, neighbours, voxels).argmax(1).to(dtype)
+    return labels
+
+
+def _neighbours(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lower, upper, upper's weight) per output voxel of one axis, as `axis_weights(..., "nearest")` reads them."""
+    if size_out >= size_in and size_out != size_in:
+        return _linear_neighbours(size_in, size_out)
+    index = np.arange(size_in) if size_out == size_in else nearest_indices(size_in, size_out)
+    return index, index, np.zeros(size_out)
+
+
+def _winner_agrees(winners: torch.Tensor, steps: list[int]) -> torch.Tensor:
+    """True at (i, j, k) where the winner is the same at every (i + a, j + b, k + c), a, b, c in {0, step}."""
+    agree = torch.ones(winners.shape, dtype=torch.bool)
+    for offsets in np.ndindex(*(step + 1 for step in steps)):
+        shifted = winners
+        for axis, offset in enumerate(offsets):
+            if offset:
+                size = winners.shape[axis]
+                shifted = shifted.index_select(axis, torch.clamp(torch.arange(size) + 1, max=size - 1))
+        agree &= shifted == winners
+    return agree
+
+
+def _take_grid(values: torch.Tensor, indices: list[torch.Tensor]) -> torch.Tensor:
+    """values[indices[0]][:, indices[1]][:, :, indices[2]]."""
+    for axis, index in enumerate(indices):
+        values = values.index_select(axis, index)
+    return values
+
+
+def _interpolate_at(
+    by_voxel: torch.Tensor, sizes: Shape3, neighbours: list[tuple[np.ndarray, ...]], voxels: torch.Tensor
+) -> torch.Tensor:
+    """(N, C) logits at output voxels `voxels` (N, 3): the trilinear sum over their 8 input neighbours."""
+    total = torch.zeros(len(voxels), by_voxel.shape[1])
+    parts = []
+    for axis, (lower, upper, fraction) in enumerate(neighbours):
+        at = voxels[:, axis].numpy()
+        weight = torch.from_numpy(fraction[at]).float()
+        parts.append(((torch.from_numpy(lower[at]), 1 - weight), (torch.from_numpy(upper[at]), weight)))
+    for (i, wi), (j, wj), (k, wk) in itertools.product(*parts):
+        total += by_voxel[(i * sizes[1] + j) * sizes[2] + k] * (wi * wj * wk)[:, None]
+    return total
 
 
 def resample_labels(labels: np.ndarray | torch.Tensor, shape: Shape3, method: str = "nearest") -> torch.Tensor:
@@ -143,7 +220,11 @@ def _nonzero_range(flags: np.ndarray) -> tuple[int, int]:
 def _apply_separable(tensor: torch.Tensor, matrices: list[torch.Tensor]) -> torch.Tensor:
     """Apply one (out, in) matrix to each of the last three axes of `tensor`."""
     lead = tensor.ndim - 3
-    for axis, matrix in enumerate(matrices):
+    # The last axis first: it is contiguous in memory, so its product needs no transposed
+    # copy of a full-size input; then the axis that shrinks most, so the last runs on fewest.
+    order = [2, *sorted((0, 1), key=lambda axis: matrices[axis].shape[0] / matrices[axis].shape[1])]
+    for axis in order:
+        matrix = matrices[axis]
         position = lead + axis
         # tensordot puts the new axis last; move it back to where the old one was.
         tensor = torch.tensordot(tensor, matrix, dims=([position], [1])).movedim(-1, position)

@@ -1,0 +1,80 @@
+"""The CUDA path: training steps and a cascade's prediction on the GPU under bf16 autocast.
+
+Skipped without CUDA; `benchmarks/gpu_check.sh` runs them on a GPU machine (pytest -m gpu).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from organseg.cascade import Segmenter
+from organseg.checkpoint import load_checkpoint
+from organseg.config import resolve_config
+from organseg.dataset import discover_dataset
+from organseg.io import read_image
+from organseg.phantom import write_dataset
+from organseg.runs import run_training
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+SHAPE = (48, 48, 24)
+STEPS = ["stage1.epochs=2", "stage2.epochs=2", "stage1.iterations_per_epoch=3", "stage2.iterations_per_epoch=3"]
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory) -> Path:
+    return write_dataset(
+        tmp_path_factory.mktemp("data") / "phantoms", labeled=3, unlabeled=0, test=1, seed=5, shape=SHAPE
+    )
+
+
+@pytest.fixture(scope="module")
+def cuda_run(phantoms: Path, tmp_path_factory) -> tuple[Path, dict]:
+    run_dir = tmp_path_factory.mktemp("runs") / "cuda"
+    config = resolve_config("tiny", overrides=["precision=bf16", *STEPS])
+    torch.cuda.reset_peak_memory_stats()
+    rows = run_training(discover_dataset(phantoms), run_dir, config, device="cuda", progress=False)
+    return run_dir, rows
+
+
+def test_training_steps_run_on_the_gpu(cuda_run) -> None:
+    run_dir, rows = cuda_run
+    assert all(row["epoch"] == 2 and math.isfinite(row["loss"]) for row in rows.values())
+    assert torch.cuda.max_memory_allocated() > 0  # the steps ran on the GPU
+    content = load_checkpoint(run_dir / "stage2" / "last.pt")  # loads on the CPU: plain tensors
+    assert all(tensor.dtype == torch.float32 for tensor in content["model"].values())  # autocast keeps fp32 weights
+
+
+def test_the_cascade_predicts_on_cuda_under_bf16_autocast(cuda_run, phantoms: Path) -> None:
+    segmenter = Segmenter.from_run(cuda_run[0], device="cuda")
+    for predictor in (segmenter.stage1, segmenter.stage2):
+        assert predictor.bf16 and next(predictor.model.parameters()).is_cuda
+    dtypes = []
+    hook = segmenter.stage2.model.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    image = read_image(phantoms / "imagesTs" / "phantom_t001_0000.nii.gz")
+    try:
+        labels = segmenter.predict(image)
+    finally:
+        hook.remove()
+    assert dtypes == [torch.bfloat16]  # the network really ran in bf16
+    assert labels.array.shape == image.array.shape and labels.geometry.is_close(image.geometry)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_two_gpus_train_one_run_with_nccl(phantoms: Path, tmp_path: Path) -> None:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command = [*launcher, "-m", "organseg", "train", str(phantoms), str(tmp_path / "run"), "--preset", "tiny"]
+    command += ["--stage", "1", "--device", "cuda", "--set", "stage1.epochs=2"]
+    command += ["--set", "stage1.iterations_per_epoch=3"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr  # includes the bit-for-bit replica check
+    rows = [json.loads(line) for line in (tmp_path / "run" / "stage1" / "log.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2]
+    assert len(load_checkpoint(tmp_path / "run" / "stage1" / "last.pt")["rng_ranks"]) == 2
