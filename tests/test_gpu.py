@@ -9,18 +9,23 @@ import json
 import math
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from organseg.cascade import Segmenter
+from organseg.cascade import NetworkPredictor, Segmenter
 from organseg.checkpoint import load_checkpoint
 from organseg.config import resolve_config
 from organseg.dataset import discover_dataset
-from organseg.io import read_image
+from organseg.geometry import Geometry
+from organseg.io import Volume, read_image
+from organseg.labels import FLARE22
 from organseg.phantom import write_dataset
 from organseg.runs import run_training
+from organseg.train import build_model
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -65,6 +70,26 @@ def test_the_cascade_predicts_on_cuda_under_bf16_autocast(cuda_run, phantoms: Pa
         hook.remove()
     assert dtypes == [torch.bfloat16]  # the network really ran in bf16
     assert labels.array.shape == image.array.shape and labels.geometry.is_close(image.geometry)
+
+
+def test_a_full_size_ct_needs_under_2_gb_of_gpu_memory_with_the_default_networks() -> None:
+    # FLARE's tolerance. Untrained networks of the default preset: stage 1 finding nothing
+    # sends the whole 512x512x100 volume to stage 2, the largest box there can be.
+    config = resolve_config("cpu")
+    predictors = [
+        NetworkPredictor(build_model(stage, 14), torch.device("cuda"), bf16=True)
+        for stage in (config.stage1, config.stage2)
+    ]
+    segmenter = Segmenter(*predictors, config, FLARE22)
+    array = np.random.default_rng(0).integers(-1000, 1000, size=(512, 512, 100)).astype(np.int16)
+    image = Volume(array, Geometry((512, 512, 100), (0.8, 0.8, 2.5), (0.0, 0.0, 0.0)))
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "stage 1 found no organ" is expected here
+        labels = segmenter.predict(image)
+    assert labels.array.shape == (512, 512, 100)
+    assert torch.cuda.max_memory_reserved() < 2 * 2**30
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")

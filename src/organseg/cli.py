@@ -15,7 +15,6 @@ import warnings
 from pathlib import Path
 
 from organseg.errors import InputError
-from organseg.memory import return_large_blocks_to_the_system
 
 EXIT_INPUT_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
@@ -28,7 +27,6 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_INPUT_ERROR
-    return_large_blocks_to_the_system()  # a batch of full-size CTs must not grow the process
     try:
         _refuse_torchrun_unless_supported(args)
         with warnings.catch_warnings():

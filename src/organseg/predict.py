@@ -27,6 +27,7 @@ from organseg.dataset import Case, discover_dataset, is_dicom_series
 from organseg.device import resolve_device
 from organseg.errors import InputError
 from organseg.io import Volume, case_id, is_image_path, read_image, write_label
+from organseg.memory import release_free_memory
 from organseg.profiling import Profiler, write_profile
 from organseg.shards import WHOLE, Shard
 
@@ -62,6 +63,7 @@ def run_prediction(
             with segmenter.clock.phase("write"):
                 write_label(labels.array, labels.geometry, target)
         written.append(target)
+        release_free_memory()  # a batch of full-size CTs must not grow the process (organseg.memory)
         phases = segmenter.clock.take()
         if profiler:
             profiler.rows[-1].update({f"{phase}_s": seconds for phase, seconds in phases.items()})

@@ -52,6 +52,7 @@ from organseg.errors import InputError
 from organseg.io import Volume, read_image, read_label, write_label
 from organseg.labels import LabelSet
 from organseg.losses import IGNORE_LABEL
+from organseg.memory import release_free_memory
 from organseg.metrics import organ_volumes_ml
 from organseg.postprocess import fill_holes, keep_largest_component, remove_small_components
 from organseg.predict import folder_cases
@@ -107,6 +108,7 @@ def run_pseudo_labelling(
     scores = scores_path(out_dir, shard)
     for case in tqdm(todo, desc="pseudo-labelling", unit="case", disable=not progress):
         _pseudo_label_case(segmenter, case, out_dir, settings, previous_dir, scores)
+        release_free_memory()  # flat over thousands of cases (organseg.memory)
     done = read_scores(out_dir)  # with the rows other workers appended meanwhile
     if not all(_finished(out_dir, case, done) for case in cases):
         return None

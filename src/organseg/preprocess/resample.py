@@ -91,8 +91,9 @@ def resampled_argmax(logits: torch.Tensor, shape: Shape3, chunk_voxels: int = 1 
     most two input voxels (linear weights when growing, the voxel under its centre when
     shrinking), so at most 8 in all. Where one class wins at all 8, it wins their convex
     combination too, and the answer is read off the input's own argmax; only the other
-    voxels, along the borders between classes, are interpolated (`chunk_voxels` at a time).
-    Time and memory then follow the borders rather than classes x voxels.
+    voxels, along the borders between classes, are interpolated. Time then follows the
+    borders rather than classes x voxels, and memory the slab of about `chunk_voxels`
+    output voxels done at a time, however ragged the borders.
 
     Returns uint8 labels (int16 past 256 classes) of `shape`.
     """
@@ -104,11 +105,14 @@ def resampled_argmax(logits: torch.Tensor, shape: Shape3, chunk_voxels: int = 1 
     agree = _winner_agrees(winners, [int((upper != lower).any()) for lower, upper, _ in neighbours])
     lowers = [torch.from_numpy(lower) for lower, _, _ in neighbours]
     labels = _take_grid(winners, lowers)
-    border = torch.nonzero(~_take_grid(agree, lowers))  # (N, 3) output voxels to interpolate
     by_voxel = logits.reshape(logits.shape[0], -1).T.contiguous()  # (voxels, C): one voxel's logits together
-    for start in range(0, len(border), chunk_voxels):
-        voxels = border[start : start + chunk_voxels]
-        labels[tuple(voxels.T)] = _interpolate_at(by_voxel, sizes, neighbours, voxels).argmax(1).to(dtype)
+    rows = max(1, chunk_voxels // (shape[1] * shape[2]))
+    for start in range(0, shape[0], rows):
+        slab = torch.arange(start, min(start + rows, shape[0]))
+        border = torch.nonzero(~_take_grid(agree, [lowers[0][slab], *lowers[1:]]))  # (N, 3) within the slab
+        border[:, 0] += start
+        winner = _interpolate_at(by_voxel, sizes, neighbours, border).argmax(1).to(dtype)
+        labels[tuple(border.T)] = winner
     return labels
 
 
