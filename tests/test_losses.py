@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from organseg.losses import IGNORE_LABEL, dice_ce_loss, dice_ce_per_sample, dice_per_class, soft_dice_per_class
+from organseg.losses import (
+    IGNORE_LABEL,
+    MAX_CLASS_WEIGHT,
+    class_weights,
+    dice_ce_loss,
+    dice_ce_per_sample,
+    dice_per_class,
+    soft_dice_per_class,
+)
 
 
 def _one_hot_logits(target: torch.Tensor, classes: int, margin: float = 100.0) -> torch.Tensor:
@@ -174,3 +182,59 @@ def test_ignored_voxels_count_in_neither_term() -> None:
     # The same as the loss of the known half alone.
     half = logits.detach()[:, :, 3:].clone()
     assert torch.allclose(loss, dice_ce_loss(half, target[:, 3:]), atol=1e-6)
+
+
+# --- class-balanced cross-entropy ---
+
+
+def test_class_weights_by_hand() -> None:
+    # 16 voxels: background 12, class 1 three, class 2 one; unknown voxels count for nothing.
+    target = torch.tensor([0] * 12 + [1] * 3 + [2] + [IGNORE_LABEL] * 4).view(1, 4, 5, 1)
+    weights = class_weights(target, 3, power=0.5).flatten()
+    assert torch.allclose(weights[:12], torch.ones(12))
+    assert torch.allclose(weights[12:15], torch.full((3,), 2.0))  # sqrt(12 / 3)
+    assert weights[15].item() == pytest.approx(math.sqrt(12))
+    assert torch.all(weights[16:] == 0)
+
+
+def test_class_weights_are_capped_and_never_below_one() -> None:
+    # A class with more voxels than the background weighs 1; a one-voxel class at most the cap.
+    target = torch.tensor([0] * 5000 + [1] * 6000 + [2]).view(1, 11001, 1, 1)
+    weights = class_weights(target, 3, power=1.0).flatten()
+    assert weights[5000].item() == 1.0
+    assert weights[-1].item() == MAX_CLASS_WEIGHT
+
+
+def test_class_weights_are_per_sample() -> None:
+    target = torch.stack([torch.tensor([0, 0, 0, 1]), torch.tensor([0, 1, 1, 1])]).view(2, 2, 2, 1)
+    weights = class_weights(target, 2, power=1.0).view(2, 4)
+    assert weights[0, 3].item() == 3.0 and weights[1, 1].item() == 1.0
+
+
+def test_class_balance_zero_is_the_plain_loss() -> None:
+    logits = torch.randn(2, 3, 4, 4, 4, generator=torch.Generator().manual_seed(3))
+    assert dice_ce_loss(logits, _TARGET_RANDOM, class_balance=0.0).item() == dice_ce_loss(logits, _TARGET_RANDOM).item()
+
+
+def test_class_balance_strengthens_the_rare_class_gradient() -> None:
+    # One voxel of class 1 among 63 of background, uniform logits: balancing moves more of the
+    # cross-entropy's pull onto the rare voxel's class-1 logit.
+    target = torch.zeros(1, 4, 4, 4, dtype=torch.int64)
+    target[0, 1, 2, 3] = 1
+    pulls = []
+    for balance in (0.0, 0.5):
+        logits = torch.zeros(1, 2, 4, 4, 4, requires_grad=True)
+        dice_ce_loss(logits, target, class_balance=balance).backward()
+        rare = -logits.grad[0, 1, 1, 2, 3]
+        pulls.append(rare / logits.grad[0, 1].abs().sum())
+    assert pulls[1] > 2 * pulls[0]
+
+
+def test_class_balanced_loss_still_ignores_unknown_voxels() -> None:
+    logits = torch.randn(2, 3, 4, 4, 4, generator=torch.Generator().manual_seed(4))
+    target = _TARGET_RANDOM.clone()
+    changed = logits.clone()
+    target[:, 0] = IGNORE_LABEL
+    changed[:, :, 0] = 50.0 * torch.randn(2, 3, 4, 4)  # anything at the unknown voxels
+    loss = dice_ce_loss(logits, target, class_balance=0.5)
+    assert torch.allclose(loss, dice_ce_loss(changed, target, class_balance=0.5))

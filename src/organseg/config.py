@@ -89,6 +89,9 @@ class Config:
     label_resampling: str = "linear"  # training targets on the stage grids: "linear" or "nearest"
     precision: str = "auto"  # "auto" (bf16 where the hardware has it), "bf16" or "fp32"
     validation_cases: int = 1  # labelled cases held out for validation (0: none)
+    # Cross-entropy class weights (f_background / f_class) ** class_balance, so small organs
+    # are learnt early (organseg.losses.class_weights); 0: every voxel weighs the same.
+    class_balance: float = 0.0
     largest_component: bool = True  # keep only the largest connected component of each organ
     # What stage 1 segments: "organs" (every organ, as the paper) or "foreground" (one
     # class, all organs together): enough to find the box, and learnt in far fewer steps.
@@ -111,30 +114,32 @@ def _cpu() -> Config:
     # Chosen by benchmarks/bench_cpu_preset.py on 2 CPU cores (see benchmarks/RESULTS.md):
     # stage 1 only finds the box, so it learns one foreground class on a small grid; stage 2's
     # 80x64x48 grid keeps the resolution ceiling of default phantoms at a mean DSC of 0.97.
-    # Few steps fit in minutes, so the learning rate is high and augmentation off.
+    # Few steps fit in minutes, so the learning rate is high, augmentation off, and the
+    # cross-entropy weighs small organs up so they are learnt within those steps.
     stage1 = StageConfig(
         grid=(48, 48, 32),
         net=NetConfig(widths=(8, 16, 32, 64)),
-        epochs=30,
+        epochs=40,
         batch_size=2,
         learning_rate=1e-2,
-        lr_halving_epochs=12,
+        lr_halving_epochs=16,
         val_every=5,
     )
     stage2 = StageConfig(
         grid=(80, 64, 48),
         net=NetConfig(widths=(8, 16, 32, 64)),
-        epochs=110,  # 130 took 17.3 min on a 2-core Xeon; 110 is meant to fit in 15 (not re-measured)
-        batch_size=1,
+        epochs=185,  # 12.9 min for both stages on a 2-core Xeon (run F)
+        batch_size=2,  # per sample about 2x faster than batch 1 on 2 cores
         learning_rate=1e-2,
-        lr_halving_epochs=45,
-        val_every=10,
+        lr_halving_epochs=65,
+        val_every=20,
     )
     return Config(
         preset="cpu",
         stage1=stage1,
         stage2=stage2,
         stage1_target="foreground",
+        class_balance=0.5,
         augment=AugmentConfig(enabled=False),
     )
 
@@ -291,6 +296,8 @@ def validate(config: Config) -> None:
         check(f"precision must be 'auto', 'bf16' or 'fp32', got '{config.precision}'")
     if config.stage1_target not in ("organs", "foreground"):
         check(f"stage1_target must be 'organs' or 'foreground', got '{config.stage1_target}'")
+    if not 0 <= config.class_balance <= 1:
+        check(f"class_balance must be in [0, 1], got {config.class_balance}")
     if config.validation_cases < 0:
         check(f"validation_cases must be >= 0, got {config.validation_cases}")
     for name in ("stage1", "stage2"):

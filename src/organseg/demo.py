@@ -41,11 +41,10 @@ DEMO_SETTINGS = [
     "stage1.epochs=20",
     "stage1.iterations_per_epoch=4",
     "stage1.lr_halving_epochs=8",
-    "stage2.batch_size=2",
-    "stage2.epochs=20",
+    "stage2.epochs=30",
     "stage2.iterations_per_epoch=10",
-    "stage2.lr_halving_epochs=8",
-    "stage2.val_every=4",
+    "stage2.lr_halving_epochs=12",
+    "stage2.val_every=5",
 ]
 QUICK_SETTINGS = [
     "stage1.epochs=8",

@@ -29,6 +29,7 @@ def dice_ce_loss(
     target: torch.Tensor,
     sample_weights: torch.Tensor | None = None,
     smooth: float = 1e-5,
+    class_balance: float = 0.0,
 ) -> torch.Tensor:
     """Soft Dice loss + cross-entropy, a scalar: the weighted mean over samples.
 
@@ -39,11 +40,13 @@ def dice_ce_loss(
             sum(w_b * loss_b) / sum(w_b), so a weight 0 removes a sample exactly.
         smooth: added to numerator and denominator of each Dice, so a class absent from
             both target and prediction scores 1.
+        class_balance: exponent of the cross-entropy's class weights (see `class_weights`);
+            0 weighs every voxel alike.
 
     Per sample b: loss_b = mean voxel cross-entropy + 1 - mean over classes 1..C-1 of
     (2 * intersection + smooth) / (sum of probabilities + target voxels + smooth).
     """
-    per_sample = dice_ce_per_sample(logits, target, smooth)
+    per_sample = dice_ce_per_sample(logits, target, smooth, class_balance)
     if sample_weights is None:
         return per_sample.mean()
     if sample_weights.shape != per_sample.shape:
@@ -55,18 +58,47 @@ def dice_ce_loss(
     return (weights * per_sample).sum() / total
 
 
-def dice_ce_per_sample(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
+def dice_ce_per_sample(
+    logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5, class_balance: float = 0.0
+) -> torch.Tensor:
     """(B,) per-sample loss: voxel-mean cross-entropy + 1 - mean foreground soft Dice (see `dice_ce_loss`)."""
     _check_shapes(logits, target)
     # bf16 softmax sums and logs lose too much precision over millions of voxels.
     with torch.autocast(device_type=logits.device.type, enabled=False):
         logits = logits.float()
         voxel_loss = F.cross_entropy(logits, target, reduction="none", ignore_index=IGNORE_LABEL).flatten(1)
-        counted = (target != IGNORE_LABEL).flatten(1).sum(dim=1).clamp(min=1)
-        cross_entropy = voxel_loss.sum(dim=1) / counted
+        voxel_weight = (target != IGNORE_LABEL).flatten(1).float()
+        if class_balance:
+            voxel_weight = voxel_weight * class_weights(target, logits.shape[1], class_balance).flatten(1)
+        cross_entropy = (voxel_loss * voxel_weight).sum(dim=1) / voxel_weight.sum(dim=1).clamp(min=1e-12)
         dice = soft_dice_per_class(logits, target, smooth)
         dice_loss = 1 - dice.mean(dim=1) if dice.shape[1] else torch.zeros_like(cross_entropy)
         return cross_entropy + dice_loss
+
+
+# A class's cross-entropy weight never exceeds this many times the background's: a few
+# voxels of a tiny organ must not outweigh the rest of the volume.
+MAX_CLASS_WEIGHT = 30.0
+
+
+def class_weights(target: torch.Tensor, num_classes: int, power: float) -> torch.Tensor:
+    """(B, X, Y, Z) float: each voxel's cross-entropy weight, (f_background / f_class) ** power.
+
+    f is a class's share of the sample's counted voxels. Why: a small organ is a tiny share
+    of the voxels, so plain cross-entropy pushes its logit down everywhere before the net
+    can tell where it is; its softmax probability then sits near 0, where the soft Dice's
+    gradient vanishes too, and the organ appears only after hundreds of steps (or never:
+    benchmarks/RESULTS.md). Up-weighting it by its rarity (capped at MAX_CLASS_WEIGHT)
+    keeps a gradient on it from the start. Unknown voxels get weight 0.
+    """
+    batch = target.shape[0]
+    labels = target.flatten(1).long()
+    counted = labels != IGNORE_LABEL
+    labels = labels * counted
+    counts = torch.zeros(batch, num_classes, device=target.device).scatter_add_(1, labels, counted.float())
+    background = counts[:, :1].clamp(min=1)
+    weights = (background / counts.clamp(min=1)).pow(power).clamp(min=1.0, max=MAX_CLASS_WEIGHT)
+    return (weights.gather(1, labels) * counted).reshape(target.shape)
 
 
 def soft_dice_per_class(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:

@@ -29,7 +29,7 @@ from organseg.atomic import append_line, atomic_write
 from organseg.augment import augment
 from organseg.checkpoint import load_checkpoint, save_checkpoint
 from organseg.config import Config, StageConfig, to_dict
-from organseg.device import autocast, use_bf16
+from organseg.device import autocast, training_memory_format, use_bf16
 from organseg.distributed import ALONE, World
 from organseg.errors import InputError
 from organseg.labels import LabelSet
@@ -151,7 +151,7 @@ def _count(bar: tqdm, iterations: int):
 def _initial_state(run: StageRun) -> StageState:
     seed = run.config.seed + STAGES.index(run.name)
     torch.manual_seed(seed)  # the network's He initialisation: the same in every process
-    model = build_model(run.stage, run.num_classes).to(run.device)
+    model = build_model(run.stage, run.num_classes).to(run.device, memory_format=training_memory_format(run.device))
     optimizer = torch.optim.AdamW(model.parameters(), lr=run.stage.learning_rate, weight_decay=run.stage.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=run.stage.lr_halving_epochs, gamma=0.5)
     stream = stream_seed(seed, run.world.rank)
@@ -181,8 +181,11 @@ def _train_step(run: StageRun, state: StageState, cases: list[PreparedCase]) -> 
     state.model.train()
     network = state.model if state.replica is None else state.replica  # the replica averages gradients
     with autocast(run.device, run.bf16):
-        logits = network(torch.stack(images).to(run.device))
-    loss = dice_ce_loss(logits, torch.stack(targets).to(run.device), torch.tensor(weights, dtype=torch.float32))
+        batch = torch.stack(images).to(run.device, memory_format=training_memory_format(run.device))
+        logits = network(batch)
+    targets = torch.stack(targets).to(run.device)
+    weights = torch.tensor(weights, dtype=torch.float32)
+    loss = dice_ce_loss(logits, targets, weights, class_balance=run.config.class_balance)
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     state.optimizer.step()
