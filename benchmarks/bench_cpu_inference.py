@@ -36,6 +36,7 @@ import torch
 from scipy import ndimage
 
 from organseg.cascade import Segmenter, StageInput, mean_dice
+from organseg.device import use_bf16
 from organseg.io import Volume, read_image, read_label, write_label
 from organseg.losses import dice_per_class
 from organseg.phantom import write_dataset
@@ -87,7 +88,7 @@ def machine() -> dict:
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
-        "native_bf16": "avx512_bf16" in flags or "amx_bf16" in flags,
+        "native_bf16": use_bf16(torch.device("cpu"), "auto"),
     }
 
 

@@ -11,13 +11,16 @@ header fields ITK misreads (a zero voxel size, a NaN or infinite qform/sform).
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import math
 import struct
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import SimpleITK as sitk
@@ -266,15 +269,22 @@ class _NiftiLayout:
     float_dtype: np.dtype | None  # set when voxel values must be checked for NaN/Inf
 
 
-def _check_nifti_header(path: Path) -> None:
-    """Refuse a NIfTI header that is incomplete or places the image impossibly (reads 540 bytes)."""
+@contextlib.contextmanager
+def _nifti_stream(path: Path) -> Iterator[BinaryIO]:
+    """The file's bytes, inflated when gzipped; a truncated or corrupt stream becomes an InputError."""
     try:
         with gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb") as stream:
-            _nifti_layout(stream.read(540), path)
+            yield stream
     except EOFError:
         raise InputError(f"{path}: file is truncated (gzip stream ends early); re-copy or re-export it") from None
     except (OSError, zlib.error) as error:
         raise InputError(f"{path}: file is corrupt ({error}); re-copy or re-export it") from None
+
+
+def _check_nifti_header(path: Path) -> None:
+    """Refuse a NIfTI header that is incomplete or places the image impossibly (reads 540 bytes)."""
+    with _nifti_stream(path) as stream:
+        _nifti_layout(stream.read(540), path)
 
 
 def _check_nifti_complete(path: Path) -> None:
@@ -283,16 +293,10 @@ def _check_nifti_complete(path: Path) -> None:
     ITK fills a truncated NIfTI with zeros and reads NaN as 0, so neither shows after
     SimpleITK's read; a gzip stream read to its end also verifies its checksum.
     """
-    compressed = path.name.lower().endswith(".gz")
-    try:
-        with gzip.open(path, "rb") if compressed else open(path, "rb") as stream:
-            header = stream.read(540)
-            layout = _nifti_layout(header, path)
-            total = len(header) + _scan_data(stream, header, layout, path)
-    except EOFError:
-        raise InputError(f"{path}: file is truncated (gzip stream ends early); re-copy or re-export it") from None
-    except (OSError, zlib.error) as error:
-        raise InputError(f"{path}: file is corrupt ({error}); re-copy or re-export it") from None
+    with _nifti_stream(path) as stream:
+        header = stream.read(540)
+        layout = _nifti_layout(header, path)
+        total = len(header) + _scan_data(stream, header, layout, path)
     expected = layout.data_offset + layout.data_bytes
     if total < expected:
         raise InputError(
