@@ -32,7 +32,7 @@ from organseg.config import resolve_config
 from organseg.dataset import discover_dataset
 from organseg.device import autocast, resolve_device, use_bf16
 from organseg.io import read_image
-from organseg.losses import dice_ce_loss
+from organseg.losses import deep_supervision_loss
 from organseg.phantom import write_dataset
 from organseg.runs import run_training
 from organseg.train import build_model
@@ -71,7 +71,7 @@ def time_network_steps(config, device: torch.device, steps: int) -> None:
         started = _now(device)
         with autocast(device, bf16):
             logits = model(images)
-        loss = dice_ce_loss(logits, targets)
+        loss = deep_supervision_loss(logits, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

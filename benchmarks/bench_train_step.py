@@ -18,7 +18,7 @@ import torch
 
 from organseg.config import resolve_config
 from organseg.labels import FLARE22
-from organseg.losses import dice_ce_loss
+from organseg.losses import deep_supervision_loss
 from organseg.train import build_model
 
 LAYOUTS = {"default": torch.contiguous_format, "channels-last": torch.channels_last_3d}
@@ -60,7 +60,7 @@ class _Run:
 
     def step(self) -> float:
         started = time.perf_counter()
-        loss = dice_ce_loss(self.model(self.image), self.target)
+        loss = deep_supervision_loss(self.model(self.image), self.target)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

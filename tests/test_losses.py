@@ -12,6 +12,7 @@ from organseg.losses import (
     IGNORE_LABEL,
     MAX_CLASS_WEIGHT,
     class_weights,
+    deep_supervision_loss,
     dice_ce_loss,
     dice_ce_per_sample,
     dice_per_class,
@@ -238,3 +239,27 @@ def test_class_balanced_loss_still_ignores_unknown_voxels() -> None:
     changed[:, :, 0] = 50.0 * torch.randn(2, 3, 4, 4)  # anything at the unknown voxels
     loss = dice_ce_loss(logits, target, class_balance=0.5)
     assert torch.allclose(loss, dice_ce_loss(changed, target, class_balance=0.5))
+
+
+def test_deep_supervision_loss_weighs_levels_by_resolution() -> None:
+    generator = torch.Generator().manual_seed(3)
+    target = torch.randint(0, 3, (2, 8, 8, 4), generator=generator)
+    target[0, 0, 0, 0] = IGNORE_LABEL
+    levels = [torch.randn(2, 3, 8 // 2**k, 8 // 2**k, 4 // 2**k, generator=generator) for k in range(3)]
+    weights = torch.tensor([1.0, 0.5])
+    by_hand = (
+        dice_ce_loss(levels[0], target, weights)
+        + 0.5 * dice_ce_loss(levels[1], target[:, ::2, ::2, ::2], weights)
+        + 0.25 * dice_ce_loss(levels[2], target[:, ::4, ::4, ::4], weights)
+    ) / 1.75
+    assert torch.allclose(deep_supervision_loss(levels, target, weights), by_hand)
+    # The coarse targets are voxels of the fine one, so an unknown voxel stays unknown there.
+    assert int(target[:, ::2, ::2, ::2][0, 0, 0, 0]) == IGNORE_LABEL
+
+
+def test_deep_supervision_loss_of_one_output_is_the_plain_loss() -> None:
+    logits = torch.randn(1, 4, 6, 6, 6)
+    target = torch.randint(0, 4, (1, 6, 6, 6))
+    assert torch.equal(
+        deep_supervision_loss(logits, target, class_balance=0.5), dice_ce_loss(logits, target, class_balance=0.5)
+    )

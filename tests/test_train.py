@@ -88,8 +88,36 @@ def test_a_second_training_into_a_trained_run_is_refused(trained_run: Path, phan
         run_training(discover_dataset(phantoms), trained_run, resolve_config("tiny"), progress=False)
 
 
-def test_resumed_training_ends_where_an_uninterrupted_one_does(phantoms: Path, tmp_path: Path, monkeypatch) -> None:
-    config = resolve_config("tiny", overrides=["stage1.epochs=3"])
+def test_poly_schedule_falls_smoothly_to_zero(phantoms: Path, tmp_path: Path) -> None:
+    config = resolve_config("tiny", overrides=["stage1.epochs=4", "stage1.lr_schedule=poly"])
+    run_training(discover_dataset(phantoms), tmp_path / "run", config, stages=("stage1",), progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "stage1" / "log.jsonl").read_text().splitlines()]
+    expected = [1e-3 * (1 - epoch / 4) ** 0.9 for epoch in range(4)]  # the rate each epoch trained with
+    assert [row["lr"] for row in rows] == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_deeply_supervised_run_predicts_like_a_plain_one(phantoms: Path, tmp_path: Path) -> None:
+    overrides = ["stage1.epochs=1", "stage2.epochs=1", "stage2.net.deep_supervision=true"]
+    run_training(
+        discover_dataset(phantoms), tmp_path / "run", resolve_config("tiny", overrides=overrides), progress=False
+    )
+    content = torch.load(tmp_path / "run" / "stage2" / "last.pt", weights_only=True)
+    assert content["net"]["deep_supervision"] is True
+    assert any(name.startswith("deep_heads.") for name in content["model"])
+    image = read_image(phantoms / "imagesTs" / "phantom_t001_0000.nii.gz")
+    labels = Segmenter.from_run(tmp_path / "run", device="cpu").predict(image)
+    assert labels.array.shape == image.array.shape
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [[], ["stage1.lr_schedule=poly", "stage1.net.deep_supervision=true"]],
+    ids=["halving", "poly-deep-supervision"],
+)
+def test_resumed_training_ends_where_an_uninterrupted_one_does(
+    phantoms: Path, tmp_path: Path, monkeypatch, settings: list[str]
+) -> None:
+    config = resolve_config("tiny", overrides=["stage1.epochs=3", *settings])
     dataset = discover_dataset(phantoms)
     run_training(dataset, tmp_path / "straight", config, stages=("stage1",), progress=False)
 

@@ -132,6 +132,21 @@ def test_init_kwargs_rebuild_the_same_net() -> None:
     assert count_parameters(rebuilt) == count_parameters(net)
 
 
+def test_deep_supervision_gives_every_decoder_level_in_training_only() -> None:
+    net = UNet3D(1, 3, widths=(4, 8, 16, 32), deep_supervision=True)
+    image = torch.randn(2, 1, 16, 24, 8)
+    outputs = net(image)
+    assert [tuple(o.shape) for o in outputs] == [(2, 3, 16, 24, 8), (2, 3, 8, 12, 4), (2, 3, 4, 6, 2)]
+    net.eval()
+    with torch.no_grad():
+        assert torch.equal(net(image), outputs[0].detach())  # the same top head, alone
+    plain = UNet3D(1, 3, widths=(4, 8, 16, 32))
+    assert len(plain.deep_heads) == 0 and isinstance(plain(image), torch.Tensor)
+    rebuilt = UNet3D(**net.init_kwargs)
+    rebuilt.load_state_dict(net.state_dict())
+    assert rebuilt.deep_supervision and len(rebuilt.deep_heads) == 2
+
+
 def _two_blob_volume(size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """(1, 1, n, n, n) noisy image with two spheres of different brightness, and their labels."""
     generator = torch.Generator().manual_seed(0)

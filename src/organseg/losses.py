@@ -59,6 +59,35 @@ def dice_ce_loss(
     return (weights * per_sample).sum() / total
 
 
+def deep_supervision_loss(
+    logits: torch.Tensor | Sequence[torch.Tensor],
+    target: torch.Tensor,
+    sample_weights: torch.Tensor | None = None,
+    class_balance: float = 0.0,
+) -> torch.Tensor:
+    """`dice_ce_loss` of a net's output, or of every level of a deeply supervised one.
+
+    Args:
+        logits: one (B, C, X, Y, Z) tensor, or a sequence of them with sizes halved from
+            one to the next (organseg.nets.unet3d with deep supervision, finest first).
+        target: (B, X, Y, Z) at the finest size; level k is compared with every 2**k-th
+            voxel of it (nearest neighbour, so no label value is invented and unknown voxels
+            stay unknown).
+
+    Level k weighs 2 ** -k, the weights normalised to sum 1 (as nnU-Net): the full-size
+    output stays what the net is mostly trained for.
+    """
+    if isinstance(logits, torch.Tensor):
+        return dice_ce_loss(logits, target, sample_weights, class_balance=class_balance)
+    weights = [2.0**-level for level in range(len(logits))]
+    total = 0.0
+    for level, (level_logits, weight) in enumerate(zip(logits, weights)):
+        step = 2**level
+        level_target = target[:, ::step, ::step, ::step]
+        total = total + weight * dice_ce_loss(level_logits, level_target, sample_weights, class_balance=class_balance)
+    return total / sum(weights)
+
+
 def dice_ce_per_sample(
     logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5, class_balance: float = 0.0
 ) -> torch.Tensor:

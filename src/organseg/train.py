@@ -33,7 +33,7 @@ from organseg.device import autocast, training_memory_format, use_bf16
 from organseg.distributed import ALONE, World
 from organseg.errors import InputError
 from organseg.labels import LabelSet
-from organseg.losses import dice_ce_loss, dice_per_class
+from organseg.losses import deep_supervision_loss, dice_per_class
 from organseg.nets.unet3d import UNet3D
 from organseg.prepared import PreparedCase
 from organseg.report import save_training_curve
@@ -48,7 +48,7 @@ class StageState:
 
     model: UNet3D
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.StepLR
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     rng: np.random.Generator  # which cases and boxes
     generator: torch.Generator  # augmentation
     epoch: int = 0  # epochs completed
@@ -89,7 +89,8 @@ class StageRun:
 
 
 def build_model(stage: StageConfig, num_classes: int) -> UNet3D:
-    return UNet3D(1, num_classes, stage.net.widths, stage.net.blocks_per_level, stage.net.upsample)
+    net = stage.net
+    return UNet3D(1, num_classes, net.widths, net.blocks_per_level, net.upsample, net.deep_supervision)
 
 
 def train_stage(
@@ -153,10 +154,24 @@ def _initial_state(run: StageRun) -> StageState:
     torch.manual_seed(seed)  # the network's He initialisation: the same in every process
     model = build_model(run.stage, run.num_classes).to(run.device, memory_format=training_memory_format(run.device))
     optimizer = torch.optim.AdamW(model.parameters(), lr=run.stage.learning_rate, weight_decay=run.stage.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=run.stage.lr_halving_epochs, gamma=0.5)
+    scheduler = build_scheduler(optimizer, run.stage)
     stream = stream_seed(seed, run.world.rank)
     generator = torch.Generator().manual_seed(stream)
     return StageState(model, optimizer, scheduler, np.random.default_rng(stream), generator)
+
+
+POLY_EXPONENT = 0.9
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, stage: StageConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """The stage's learning-rate schedule, stepped once per epoch (see StageConfig.lr_schedule)."""
+    if stage.lr_schedule == "poly":
+        # A short budget gains most from ending at a small rate: the last epochs refine
+        # instead of jumping around the minimum at a third of the starting rate.
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda epoch: max(0.0, 1 - epoch / stage.epochs) ** POLY_EXPONENT
+        )
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=stage.lr_halving_epochs, gamma=0.5)
 
 
 def stream_seed(seed: int, rank: int) -> int:
@@ -185,7 +200,7 @@ def _train_step(run: StageRun, state: StageState, cases: list[PreparedCase]) -> 
         logits = network(batch)
     targets = torch.stack(targets).to(run.device)
     weights = torch.tensor(weights, dtype=torch.float32)
-    loss = dice_ce_loss(logits, targets, weights, class_balance=run.config.class_balance)
+    loss = deep_supervision_loss(logits, targets, weights, class_balance=run.config.class_balance)
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     state.optimizer.step()

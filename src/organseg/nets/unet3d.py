@@ -6,6 +6,11 @@ pooling layer, so down-sampling is learned. The decoder up-samples (transposed c
 or trilinear interpolation plus a 1x1x1 convolution), concatenates the encoder's output of
 the same level and applies the same blocks; a 1x1x1 convolution gives the class logits.
 
+With `deep_supervision`, every decoder level below the top gets its own 1x1x1 head too, and
+in training mode the net returns the logits of all of them, finest first (nnU-Net's deep
+supervision): the lower levels then get a gradient of their own, which speeds up learning
+when steps are few. In eval mode it returns the top logits only, like the plain net.
+
 Input and output are (B, C, X, Y, Z); every spatial size must be a multiple of
 `required_multiple` = 2 ** (levels - 1). The code never names a device: it runs on CPU,
 CUDA and under `torch.autocast` unchanged.
@@ -47,6 +52,7 @@ class UNet3D(nn.Module):
         widths: tuple[int, ...] = (16, 32, 64, 128, 256),
         blocks_per_level: int = 2,
         upsample: str = "transpose",
+        deep_supervision: bool = False,
     ) -> None:
         super().__init__()
         _check_args(in_channels, num_classes, widths, blocks_per_level, upsample)
@@ -55,6 +61,7 @@ class UNet3D(nn.Module):
         self.widths = tuple(int(w) for w in widths)
         self.blocks_per_level = blocks_per_level
         self.upsample = upsample
+        self.deep_supervision = bool(deep_supervision)
         inputs = (in_channels, *self.widths[:-1])
         self.encoder = nn.ModuleList(
             _level(n_in, n_out, blocks_per_level, stride=1 if level == 0 else 2)
@@ -66,6 +73,11 @@ class UNet3D(nn.Module):
         # The decoder sees the up-sampled features concatenated with the skip: twice the width.
         self.decoder = nn.ModuleList(_level(2 * width, width, blocks_per_level, stride=1) for width in self.widths[:-1])
         self.head = nn.Conv3d(self.widths[0], num_classes, kernel_size=1)
+        # Heads of decoder levels 1..L-2 (half, quarter, ... resolution); none without deep supervision.
+        deep_levels = range(1, len(self.widths) - 1) if self.deep_supervision else ()
+        self.deep_heads = nn.ModuleList(
+            nn.Conv3d(self.widths[level], num_classes, kernel_size=1) for level in deep_levels
+        )
         self.apply(_init_he)
 
     @property
@@ -82,6 +94,7 @@ class UNet3D(nn.Module):
             "widths": self.widths,
             "blocks_per_level": self.blocks_per_level,
             "upsample": self.upsample,
+            "deep_supervision": self.deep_supervision,
         }
 
     def check_input_shape(self, shape: Sequence[int]) -> None:
@@ -95,8 +108,12 @@ class UNet3D(nn.Module):
                 f"got {tuple(shape[2:])}; pad or crop the patch, or use fewer levels"
             )
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """Logits (B, num_classes, X, Y, Z) for an image (B, in_channels, X, Y, Z)."""
+    def forward(self, image: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """Logits (B, num_classes, X, Y, Z) for an image (B, in_channels, X, Y, Z).
+
+        With deep supervision in training mode: a tuple of logits, the full-size ones first,
+        then those of each lower decoder level (sizes halved level by level).
+        """
         self.check_input_shape(image.shape)
         skips = []
         features = image
@@ -104,10 +121,16 @@ class UNet3D(nn.Module):
             features = level(features)
             skips.append(features)
         features = skips.pop()
+        deep_logits = []
         for level in reversed(range(len(self.decoder))):
             features = self.upsamplers[level](features)
             features = self.decoder[level](torch.cat((skips[level], features), dim=1))
-        return self.head(features)
+            if self.training and 1 <= level <= len(self.deep_heads):
+                deep_logits.append(self.deep_heads[level - 1](features))
+        logits = self.head(features)
+        if self.training and self.deep_supervision:
+            return (logits, *reversed(deep_logits))
+        return logits
 
 
 def _check_args(in_channels: int, num_classes: int, widths: Sequence[int], blocks: int, upsample: str) -> None:
