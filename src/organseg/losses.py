@@ -79,13 +79,12 @@ def deep_supervision_loss(
     """
     if isinstance(logits, torch.Tensor):
         return dice_ce_loss(logits, target, sample_weights, class_balance=class_balance)
-    weights = [2.0**-level for level in range(len(logits))]
     total = 0.0
-    for level, (level_logits, weight) in enumerate(zip(logits, weights)):
-        step = 2**level
+    for level, level_logits in enumerate(logits):
+        step = 2**level  # also the inverse of the level's weight
         level_target = target[:, ::step, ::step, ::step]
-        total = total + weight * dice_ce_loss(level_logits, level_target, sample_weights, class_balance=class_balance)
-    return total / sum(weights)
+        total = total + dice_ce_loss(level_logits, level_target, sample_weights, class_balance=class_balance) / step
+    return total / sum(2.0**-level for level in range(len(logits)))
 
 
 def dice_ce_per_sample(

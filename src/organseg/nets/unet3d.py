@@ -121,16 +121,15 @@ class UNet3D(nn.Module):
             features = level(features)
             skips.append(features)
         features = skips.pop()
+        supervised = self.training and self.deep_supervision
         deep_logits = []
         for level in reversed(range(len(self.decoder))):
             features = self.upsamplers[level](features)
             features = self.decoder[level](torch.cat((skips[level], features), dim=1))
-            if self.training and 1 <= level <= len(self.deep_heads):
+            if supervised and level >= 1:  # every decoder level below the top has a head
                 deep_logits.append(self.deep_heads[level - 1](features))
         logits = self.head(features)
-        if self.training and self.deep_supervision:
-            return (logits, *reversed(deep_logits))
-        return logits
+        return (logits, *reversed(deep_logits)) if supervised else logits
 
 
 def _check_args(in_channels: int, num_classes: int, widths: Sequence[int], blocks: int, upsample: str) -> None:
