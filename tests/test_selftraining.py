@@ -254,13 +254,15 @@ def test_ssl_needs_unlabelled_images(tmp_path: Path) -> None:
 
 def test_demo_writes_results_for_both_models(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setattr(demo_module, "QUICK", {"labeled": 3, "unlabeled": 2, "test": 2})
-    monkeypatch.setattr(demo_module, "demo_config", lambda quick, seed: resolve_config("tiny", overrides=TINY))
+    two_rounds = [*TINY, "ssl.rounds=2"]  # as the full demo; the semi-supervised model is the last student
+    monkeypatch.setattr(demo_module, "demo_config", lambda quick, seed: resolve_config("tiny", overrides=two_rounds))
     monkeypatch.setattr(
         demo_module, "write_dataset", lambda folder, **counts: write_dataset(folder, shape=SHAPE, **counts)
     )
     results = demo_module.run_demo(tmp_path / "demo", quick=True, device="cpu")
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert saved["full_supervision"]["model_dir"].endswith("round0")
+    assert saved["semi_supervised"]["model_dir"].endswith("round2")
     for model in ("full_supervision", "semi_supervised"):
         entry = saved[model]
         assert set(entry["dsc"]) == set(entry["nsd"]) and "liver" in entry["dsc"] and len(entry["dsc"]) == 13
@@ -269,6 +271,11 @@ def test_demo_writes_results_for_both_models(tmp_path: Path, monkeypatch, capsys
     assert results["semi_supervised"]["mean_dsc"] == saved["semi_supervised"]["mean_dsc"]
     out = capsys.readouterr().out
     assert "| organ | full supervision | semi-supervised |" in out and "results.json" in out
+
+
+def test_full_demo_runs_two_rounds_and_quick_one() -> None:
+    assert demo_module.demo_config(quick=False).ssl.rounds == 2
+    assert demo_module.demo_config(quick=True).ssl.rounds == 1
 
 
 def test_doubtful_voxels_become_unknown_and_a_student_trains_on_them(
