@@ -39,7 +39,6 @@ from organseg.cascade import Segmenter, StageInput, mean_dice
 from organseg.device import use_bf16
 from organseg.io import Volume, read_image, read_label, write_label
 from organseg.losses import dice_per_class
-from organseg.phantom import write_dataset
 from organseg.phases import PREDICT_PHASES, PhaseClock
 from organseg.postprocess import keep_largest_component
 from organseg.preprocess.crop import Box, crop, paste
@@ -73,7 +72,11 @@ def main() -> None:
 
 def full_size_cases(folder: Path, count: int) -> list[Path]:
     if not (folder / "imagesTs").is_dir():
-        write_dataset(folder, labeled=0, unlabeled=0, test=count, seed=7, shape=SHAPE)
+        # In a child process: a child's peak RSS (wait4) starts from its parent's at fork,
+        # so this process must never hold full-size volumes before the CLI runs.
+        shape = [str(n) for n in SHAPE]
+        command = ["-m", "organseg", "phantom", str(folder), "--labeled", "0", "--test", str(count)]
+        subprocess.run([sys.executable, *command, "--seed", "7", "--shape", *shape], check=True)
     images = sorted((folder / "imagesTs").glob("*.nii.gz"))
     if len(images) < count:
         raise SystemExit(f"{folder} holds {len(images)} cases, fewer than --cases {count}; remove it to regenerate")
