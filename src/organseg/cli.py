@@ -479,7 +479,8 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
             "Generate a phantom dataset (few labelled, many unlabelled, a test set), train the full-supervision "
             "model and the semi-supervised one (teacher, then two rounds of pseudo-labels and a student), evaluate "
             "both on the test set, print the per-organ DSC/NSD table and write OUT/results.json. About 10 minutes "
-            "on 2 CPU cores with native bf16, longer in float32; --quick 1-3. A rerun in the same folder resumes."
+            "on 2 CPU cores with native bf16, longer in float32; --quick takes 1-3 minutes. A rerun in the same "
+            "folder resumes."
         ),
     )
     command.add_argument("out", type=Path, nargs="?", default=Path("organseg_demo"), help="output folder")
