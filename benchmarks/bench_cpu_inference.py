@@ -35,10 +35,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from organseg.cascade import Segmenter, StageInput, mean_dice
+from organseg.cascade import Segmenter, StageInput
 from organseg.device import use_bf16
 from organseg.io import Volume, read_image, read_label, write_label
-from organseg.losses import dice_per_class
+from organseg.metrics import dice_per_class, mean_dice
 from organseg.phases import PREDICT_PHASES, PhaseClock
 from organseg.postprocess import keep_largest_component
 from organseg.preprocess.crop import Box, crop, paste

@@ -1,6 +1,6 @@
 """The `cpu` preset on phantoms: training time and test accuracy on this machine.
 
-Generates 8 labelled and 8 test phantoms (default generator), trains both stages with
+Generates 8 labeled and 8 test phantoms (default generator), trains both stages with
 the cpu preset (plus any --set overrides), predicts the test cases and prints per-organ
 DSC and NSD (FLARE22 tolerances) with the wall time of each step. Run from the repository
 root:
@@ -54,12 +54,12 @@ def main() -> None:
         if not (data / "dataset.json").is_file():
             write_dataset(data, labeled=args.labeled, unlabeled=0, test=args.test, seed=args.seed)
     started = time.perf_counter()
-    run_training(discover_dataset(data), args.out / "run", config, stages=stages, progress=True)
+    run_training(discover_dataset(data), args.out / "run", config, stages=stages)
     train_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    run_prediction(args.out / "run", data / "imagesTs", args.out / "predictions", device="cpu", progress=True)
+    run_prediction(args.out / "run", data / "imagesTs", args.out / "predictions", device="cpu")
     predict_seconds = (time.perf_counter() - started) / args.test
-    result = run_evaluation(args.out / "predictions", data / "labelsTs", args.out / "evaluation", progress=False)
+    result = run_evaluation(args.out / "predictions", data / "labelsTs", args.out / "evaluation")
     summary = json.loads((args.out / "evaluation" / "summary.json").read_text())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; overrides: {args.set or 'none'}")
     trained = " and ".join(stages)

@@ -89,7 +89,7 @@ def time_network_steps(config, device: torch.device, steps: int) -> None:
 def time_training_steps(config, preset: str, overrides: list[str], device, out: Path, steps: int) -> Path:
     data = out / "data"
     if not (data / "dataset.json").is_file():
-        write_dataset(data, labeled=3, unlabeled=0, test=0, seed=0, progress=False)
+        write_dataset(data, labeled=3, unlabeled=0, test=0, seed=0)
     run_dir = out / f"run_{device.type}"
     if (run_dir / "config.json").is_file():
         print(f"training steps: {run_dir} exists, reusing its model (delete it to time training again)")
@@ -99,7 +99,7 @@ def time_training_steps(config, preset: str, overrides: list[str], device, out: 
     timing += ["stage2.epochs=2", f"stage2.iterations_per_epoch={steps}", "stage2.val_every=2"]
     settings = resolve_config(preset, overrides=[*overrides, *timing])
     _reset_peak(device)
-    run_training(discover_dataset(data), run_dir, settings, device=str(device), progress=False)
+    run_training(discover_dataset(data), run_dir, settings, device=str(device))
     rows = [json.loads(line) for line in (run_dir / "stage2" / "log.jsonl").read_text().splitlines()]
     seconds = rows[-1]["seconds"] / steps
     batch = config.stage2.batch_size
@@ -114,7 +114,7 @@ def time_training_steps(config, preset: str, overrides: list[str], device, out: 
 def time_prediction(run_dir: Path, device: torch.device, out: Path, shape: tuple[int, int, int], repeats: int) -> None:
     data = out / f"ct_{'x'.join(map(str, shape))}"
     if not (data / "dataset.json").is_file():
-        write_dataset(data, labeled=0, unlabeled=0, test=1, seed=0, shape=shape, progress=False)
+        write_dataset(data, labeled=0, unlabeled=0, test=1, seed=0, shape=shape)
     started = time.perf_counter()
     image = read_image(next((data / "imagesTs").iterdir()))
     read_s = time.perf_counter() - started

@@ -107,7 +107,7 @@ def main() -> None:
         print("folder of 8 cases (reading files included):")
         for workers in (1, 2):
             started = time.perf_counter()
-            run_evaluation(root / "pred", root / "gt", root / f"out{workers}", workers=workers, progress=False)
+            run_evaluation(root / "pred", root / "gt", root / f"out{workers}", workers=workers)
             print(f"  run_evaluation workers={workers}: {time.perf_counter() - started:6.2f} s")
 
 

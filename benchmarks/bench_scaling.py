@@ -42,7 +42,7 @@ def main() -> None:
         parser.error("--epochs must be >= 2 (the first is a warm-up) and --steps >= 1")
     data = args.out / "data"
     if not (data / "dataset.json").is_file():
-        write_dataset(data, labeled=args.labeled, unlabeled=0, test=0, seed=0, progress=False)
+        write_dataset(data, labeled=args.labeled, unlabeled=0, test=0, seed=0)
     batch = resolve_config("cpu").stage2.batch_size
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     lines = ["| processes | threads per process | samples/s | speed-up |", "|---|---|---|---|"]

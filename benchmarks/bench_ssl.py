@@ -1,12 +1,12 @@
 """Full supervision against self-training variants on phantoms: filtering, batch composition.
 
-One teacher is trained on the labelled cases (the demo's settings unless --set says
-otherwise) and pseudo-labels every unlabelled case once. Each variant then trains a
-student from scratch on the labelled + the pseudo-labelled cases its filter keeps, with
+One teacher is trained on the labeled cases (the demo's settings unless --set says
+otherwise) and pseudo-labels every unlabeled case once. Each variant then trains a
+student from scratch on the labeled + the pseudo-labeled cases its filter keeps, with
 its batch composition and pseudo-label weight, for exactly as many steps as the teacher.
 Every model is scored on the validation case(s) (to choose by) and on the test set (to
 report). Also printed: how well each pseudo-label's quality score ranks its true Dice
-(the phantom generator can remake the unlabelled cases' ground truth).
+(the phantom generator can remake the unlabeled cases' ground truth).
 
     python benchmarks/bench_ssl.py OUT_DIR [--labeled 4 --unlabeled 12 --test 4] [--seed 0] [--set k=v ...]
 """
@@ -21,16 +21,16 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from organseg.cascade import mean_dice
 from organseg.config import resolve_config
 from organseg.dataset import Case, discover_dataset
 from organseg.demo import DEMO_SETTINGS, score_on_test_set
 from organseg.io import read_label
-from organseg.losses import IGNORE_LABEL
+from organseg.labels import IGNORE_LABEL
+from organseg.metrics import mean_dice
 from organseg.phantom import generate_case, write_dataset
 from organseg.phantom.writer import case_seed
-from organseg.pseudolabel import decide, read_scores, run_pseudo_labelling
-from organseg.runs import run_training
+from organseg.pseudolabel import decide, read_scores, run_pseudo_labeling
+from organseg.runs import TrainingInputs, run_training
 from organseg.selftraining import validation_scores
 
 UNIFORM = ["ssl.labeled_fraction=0", "ssl.pseudo_weight=1"]
@@ -39,10 +39,10 @@ BEST = ["ssl.filter=fraction", "ssl.keep_fraction=0.75"]
 UNSURE = ["ssl.min_voxel_confidence=0.9"]
 VARIANTS = {
     "ssl: uniform batches, all pseudo-labels": [*UNIFORM, "ssl.filter=none"],
-    "ssl: half labelled, weight 0.5, unsure voxels unknown": [*HALF, *UNSURE, "ssl.filter=none"],
-    "ssl: half labelled, weight 0.5": [*HALF, "ssl.filter=none"],
+    "ssl: half labeled, weight 0.5, unsure voxels unknown": [*HALF, *UNSURE, "ssl.filter=none"],
+    "ssl: half labeled, weight 0.5": [*HALF, "ssl.filter=none"],
     "ssl: uniform batches, best 75%": [*UNIFORM, *BEST],
-    "ssl: half labelled, weight 0.5, unsure voxels unknown, best 75%": [*HALF, *UNSURE, *BEST],
+    "ssl: half labeled, weight 0.5, unsure voxels unknown, best 75%": [*HALF, *UNSURE, *BEST],
 }
 
 
@@ -71,7 +71,7 @@ def main() -> None:
         config = resolve_config("cpu", overrides=[*overrides, *VARIANTS[name]])
         # One set of pseudo-labels per unknown-voxel threshold (filters only read the scores).
         pseudo_dir = args.out / f"pseudo_unsure{config.ssl.min_voxel_confidence:g}"
-        run_pseudo_labelling(teacher, list(dataset.unlabeled), pseudo_dir, config.ssl, device="cpu", progress=True)
+        run_pseudo_labeling(teacher, list(dataset.unlabeled), pseudo_dir, config.ssl, device="cpu")
         rows = [read_scores(pseudo_dir)[case.case_id] for case in dataset.unlabeled]
         quality = quality or _score_quality(rows, pseudo_dir, args.seed)
         kept = [
@@ -89,15 +89,8 @@ def main() -> None:
 
 def _train(dataset, folder: Path, config, pseudo: list[Case], out: Path) -> Path:
     started = (folder / "config.json").is_file()
-    run_training(
-        dataset,
-        folder,
-        None if started else config,
-        device="cpu",
-        resume=started,
-        pseudo_cases=pseudo,
-        cache_dir=out / "cache",
-    )
+    inputs = TrainingInputs(tuple(pseudo), out / "cache")
+    run_training(dataset, folder, None if started else config, device="cpu", inputs=inputs)
     return folder
 
 
@@ -105,7 +98,7 @@ def _scores(model: Path, dataset, out: Path, name: str, started: float) -> dict:
     minutes = (time.perf_counter() - started) / 60
     return {
         "validation": validation_scores(model, dataset, "cpu"),
-        "test": score_on_test_set(model, dataset, out, name, "cpu", progress=False),
+        "test": score_on_test_set(model, dataset, out, name, "cpu"),
         "minutes_train_and_score": round(minutes, 1),
     }
 

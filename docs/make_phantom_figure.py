@@ -1,4 +1,4 @@
-"""Draw docs/phantom.png: the first labelled case of `organseg phantom OUT --labeled 1 --seed 0`.
+"""Draw docs/phantom.png: the first labeled case of `organseg phantom OUT --labeled 1 --seed 0`.
 
 Run from the repository root: python docs/make_phantom_figure.py
 """
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from organseg.io import read_image, read_label
 from organseg.phantom import write_dataset
-from organseg.report import save_overlay_png
+from organseg.pictures import save_overlay_png
 
 with tempfile.TemporaryDirectory() as folder:
     root = write_dataset(Path(folder) / "phantom", labeled=1, unlabeled=0, test=0, seed=0)

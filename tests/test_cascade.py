@@ -7,7 +7,7 @@ grids at least as fine as the image that must be (almost) nothing, in any orient
 
 from __future__ import annotations
 
-import warnings
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,7 @@ from organseg.cascade import Segmenter, StageInput, WindowedCT, _paste_in_input_
 from organseg.config import Config, CropConfig, StageConfig
 from organseg.io import Volume, read_image, read_label
 from organseg.labels import FLARE22
-from organseg.losses import dice_per_class
+from organseg.metrics import dice_per_class
 from organseg.phantom import generate_case
 from organseg.preprocess.crop import Box, crop, paste
 from organseg.preprocess.normalize import normalize_ct
@@ -92,14 +92,13 @@ def test_coarse_grids_lose_only_what_their_resolution_loses(real_data: Path) -> 
     assert np.mean(list(dice.values())) > 0.8, dice
 
 
-def test_stage_one_finding_nothing_falls_back_to_the_whole_volume() -> None:
+def test_stage_one_finding_nothing_falls_back_to_the_whole_volume(caplog: pytest.LogCaptureFixture) -> None:
     image, truth = generate_case(5)
     segmenter = oracle_segmenter(truth, (32, 32, 32), (32, 32, 32))
     segmenter.stage1 = lambda stage_input: torch.zeros((1, 14, *stage_input.image.shape[2:]))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with caplog.at_level(logging.WARNING, logger="organseg"):
         segmenter.predict(image)
-    assert any("whole volume" in str(w.message) for w in caught)
+    assert any("whole volume" in record.getMessage() for record in caplog.records)
     assert segmenter.stage2.calls[0].box.shape == segmenter.stage2.calls[0].volume_shape
 
 

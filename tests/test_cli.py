@@ -70,7 +70,7 @@ def test_internal_errors_are_one_line_too(monkeypatch, capsys) -> None:
     def explode(args) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("organseg.cli._run_check", explode)
+    monkeypatch.setattr("organseg.cli.commands.run_check", explode)
     assert main(["check", "whatever"]) == 1
     error = capsys.readouterr().err
     assert error.strip() == "organseg: error: internal error: RuntimeError: boom (rerun with --debug for the traceback)"

@@ -13,10 +13,10 @@ import pytest
 from conftest import make_volume
 from organseg.cli import main
 from organseg.dataset import discover_dataset
+from organseg.dataset_checks import _label_values, check_dataset, describe_dataset
 from organseg.errors import InputError
 from organseg.io import write_label, write_volume
 from organseg.labels import FLARE22
-from organseg.validation import _label_values, summarize, validate_dataset
 
 ORGANS = {"background": 0, "liver": 1, "right kidney": 2, "spleen": 3}
 
@@ -50,13 +50,13 @@ def make_nnunet(root: Path, train: int = 3, unlabeled: int = 1, test: int = 1) -
 
 
 def check(root: Path | None = None, **folders) -> list[str]:
-    return validate_dataset(discover_dataset(root, **folders), progress=False).problems
+    return check_dataset(discover_dataset(root, **folders)).problems
 
 
 def test_valid_nnunet_layout_passes_with_counts(tmp_path):
     root = make_nnunet(tmp_path / "Dataset001_Tiny", train=3, unlabeled=2, test=1)
     dataset = discover_dataset(root)
-    report = validate_dataset(dataset, progress=False)
+    report = check_dataset(dataset)
     assert report.problems == []
     assert report.warnings == []
     assert [case.case_id for case in dataset.labeled] == ["case0", "case1", "case2"]
@@ -66,8 +66,8 @@ def test_valid_nnunet_layout_passes_with_counts(tmp_path):
     assert dataset.label_set.ids == (1, 2, 3)
     assert len(report.stats) == 6
     assert report.stats[0].geometry.is_close(make_volume().geometry)
-    summary = summarize(dataset, report)
-    assert "3 labelled, 2 unlabelled, 1 test (1 with labels)" in summary
+    summary = describe_dataset(dataset, report)
+    assert "3 labeled, 2 unlabeled, 1 test (1 with labels)" in summary
     assert "3 organs" in summary and "spacing mm" in summary and "no problems found" in summary
     assert "liver" in summary and "intensity: -1000 to" in summary
 
@@ -83,14 +83,14 @@ def test_explicit_flare_folders_without_root(tmp_path, suffix):
     write_image(unlabeled_a / f"Case_00001{suffix}.nii.gz", seed=5)
     write_image(unlabeled_b / f"Case_00002{suffix}.nii.gz", seed=6)
     dataset = discover_dataset(None, images=images, labels=labels, unlabeled=[unlabeled_a, unlabeled_b])
-    report = validate_dataset(dataset, progress=False)
+    report = check_dataset(dataset)
     assert report.problems == []
     assert [case.case_id for case in dataset.labeled] == ["FLARE22_Tr_0001", "FLARE22_Tr_0002"]
     assert all(case.label is not None for case in dataset.labeled)
     assert [case.case_id for case in dataset.unlabeled] == ["Case_00001", "Case_00002"]
     assert dataset.label_set == FLARE22
     assert any("no dataset.json" in warning for warning in report.warnings)
-    assert any("absent from all labelled cases" in warning for warning in report.warnings)
+    assert any("absent from all labeled cases" in warning for warning in report.warnings)
 
 
 def test_explicit_folders_override_root_defaults(tmp_path):
@@ -100,7 +100,7 @@ def test_explicit_folders_override_root_defaults(tmp_path):
     write_image(other / "extra.nii.gz")
     dataset = discover_dataset(root, unlabeled=[other])
     assert [case.case_id for case in dataset.unlabeled] == ["extra"]
-    assert validate_dataset(dataset, progress=False).problems == []
+    assert check_dataset(dataset).problems == []
 
 
 def test_dicom_series_folder_is_one_case(tmp_path, real_data):
@@ -109,7 +109,7 @@ def test_dicom_series_folder_is_one_case(tmp_path, real_data):
     (unlabeled / "patient7").symlink_to(real_data / "dcmqi_3slice" / "dicom", target_is_directory=True)
     dataset = discover_dataset(None, unlabeled=[unlabeled])
     assert [(case.case_id, case.image.name) for case in dataset.unlabeled] == [("patient7", "patient7")]
-    report = validate_dataset(dataset, require_labels=False, progress=False)
+    report = check_dataset(dataset, require_labels=False)
     assert report.problems == []
     assert report.stats[0].geometry.shape == (512, 512, 3)
 
@@ -206,12 +206,12 @@ def test_non_image_with_image_suffix_in_explicit_folder(tmp_path):
     folder.mkdir()
     (folder / "notes.mha").write_text("not an image")
     problems = check(None, unlabeled=[folder])
-    assert problems[0] == "no labelled training images given; give a dataset folder with imagesTr or --images FOLDER"
+    assert problems[0] == "no labeled training images given; give a dataset folder with imagesTr or --images FOLDER"
     assert problems[1].startswith(f"{folder / 'notes.mha'}: not a readable image (")
     assert len(problems) == 2
 
 
-def test_duplicate_ids_in_one_explicit_folder_and_across_unlabelled_folders(tmp_path):
+def test_duplicate_ids_in_one_explicit_folder_and_across_unlabeled_folders(tmp_path):
     first, second = tmp_path / "a", tmp_path / "b"
     first.mkdir(), second.mkdir()
     write_image(first / "scan.nii.gz")
@@ -221,7 +221,7 @@ def test_duplicate_ids_in_one_explicit_folder_and_across_unlabelled_folders(tmp_
     assert problems == [
         f"{first / 'scan.nii.gz'}: duplicate case id 'scan' (also {first / 'scan.nii'}); rename one",
         f"{second / 'scan_0000.nii.gz'}: duplicate case id 'scan' (also {first / 'scan.nii'}); rename one",
-        "no labelled training images given; give a dataset folder with imagesTr or --images FOLDER",
+        "no labeled training images given; give a dataset folder with imagesTr or --images FOLDER",
     ]
 
 
@@ -282,7 +282,7 @@ def test_cli_check_good_dataset_prints_summary(tmp_path, capsys):
     assert main(["check", str(root)]) == 0
     out = capsys.readouterr().out
     assert f"dataset: {root}" in out
-    assert "2 labelled, 1 unlabelled, 1 test" in out and "no problems found" in out
+    assert "2 labeled, 1 unlabeled, 1 test" in out and "no problems found" in out
 
 
 def test_cli_check_broken_dataset_prints_one_error_line_per_problem(tmp_path, capsys):
@@ -309,12 +309,12 @@ def test_real_ct_validates_including_the_case_with_an_inconsistent_origin(tmp_pa
         (root / f"imagesTr/{case_id}_0000.nii.gz").symlink_to(real_data / folder / "image.nii.gz")
         (root / f"labelsTr/{case_id}.nii.gz").symlink_to(real_data / folder / "label_flare13.nii.gz")
     dataset = discover_dataset(root)
-    report = validate_dataset(dataset, progress=False)
+    report = check_dataset(dataset)
     assert report.problems == []
     assert [stats.geometry.shape for stats in report.stats] == [(122, 101, 112), (122, 101, 30)]
     assert all(len(stats.labels_present) == 12 for stats in report.stats)
-    assert report.warnings == ["organs declared but absent from all labelled cases: esophagus"]
-    assert "10 esophagus" in summarize(dataset, report)
+    assert report.warnings == ["organs declared but absent from all labeled cases: esophagus"]
+    assert "10 esophagus" in describe_dataset(dataset, report)
 
 
 def test_label_values_finds_large_ids_and_ignores_background():
@@ -331,7 +331,7 @@ def test_warnings_are_not_problems_and_labels_can_be_optional(tmp_path):
     far = tmp_path / "far"
     far.mkdir()
     write_volume(make_volume(spacing_mm=(0.8, 0.9, 8.0)), far / "thick.nii.gz")  # no air, thick slices
-    report = validate_dataset(discover_dataset(root, unlabeled=[far]), require_labels=False, progress=False)
+    report = check_dataset(discover_dataset(root, unlabeled=[far]), require_labels=False)
     assert report.problems == []
     assert len(report.warnings) == 2
     assert report.warnings[0].startswith(f"{far / 'thick.nii.gz'}: lowest intensity")

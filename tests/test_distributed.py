@@ -1,4 +1,4 @@
-"""Scale-out: torchrun data-parallel training, and pseudo-labelling and prediction split into shards.
+"""Scale-out: torchrun data-parallel training, and pseudo-labeling and prediction split into shards.
 
 The multi-process tests launch the real command line under torchrun (gloo on CPU), one
 torch thread per process, with the tiny preset.
@@ -24,7 +24,7 @@ from organseg.distributed import World
 from organseg.errors import InputError
 from organseg.phantom import write_dataset
 from organseg.predict import run_prediction
-from organseg.pseudolabel import read_scores, run_pseudo_labelling, scores_files
+from organseg.pseudolabel import read_scores, run_pseudo_labeling, scores_files
 from organseg.shards import WHOLE, Shard, worker_shard
 from organseg.train import stream_seed
 
@@ -240,7 +240,7 @@ def test_commands_that_do_not_split_their_work_refuse_torchrun(phantoms: Path, t
     assert not (tmp_path / "ssl").exists()
 
 
-# --- sharded pseudo-labelling and prediction -----------------------------------------------------
+# --- sharded pseudo-labeling and prediction -----------------------------------------------------
 
 
 def rows_per_case(out: Path) -> Counter:
@@ -282,7 +282,7 @@ def test_a_killed_shard_rerun_completes_the_set_without_doing_a_case_twice(
 ) -> None:
     teacher, images, out = straight[0], phantoms / "imagesUnlabeled", tmp_path / "pl"
     first, second = Shard(0, 2), Shard(1, 2)
-    assert run_pseudo_labelling(teacher, images, out, device="cpu", progress=False, shard=first) is None
+    assert run_pseudo_labeling(teacher, images, out, device="cpu", shard=first) is None
     assert not (out / "manifest.csv").exists()  # shard 1 has not run: no manifest yet
 
     real_case = pseudolabel_module._pseudo_label_case
@@ -296,7 +296,7 @@ def test_a_killed_shard_rerun_completes_the_set_without_doing_a_case_twice(
 
     monkeypatch.setattr(pseudolabel_module, "_pseudo_label_case", killed_after_one_case)
     with pytest.raises(KeyboardInterrupt):
-        run_pseudo_labelling(teacher, images, out, device="cpu", progress=False, shard=second)
+        run_pseudo_labeling(teacher, images, out, device="cpu", shard=second)
     monkeypatch.setattr(pseudolabel_module, "_pseudo_label_case", real_case)
     assert calls == [UNLABELED[1]] and rows_per_case(out) == Counter(UNLABELED[0::2] + UNLABELED[1:2])
     # Shard 1's kill left a torn line and a temporary file; shard 0 is (as if) writing one right now.
@@ -306,14 +306,14 @@ def test_a_killed_shard_rerun_completes_the_set_without_doing_a_case_twice(
     in_flight = out / f".{UNLABELED[0]}.partial-0f0f0f0f.nii.gz"
     in_flight.write_bytes(b"shard 0 is writing this")
 
-    manifest = run_pseudo_labelling(teacher, images, out, device="cpu", progress=False, shard=second)
+    manifest = run_pseudo_labeling(teacher, images, out, device="cpu", shard=second)
     assert [row.case_id for row in manifest] == UNLABELED
     assert rows_per_case(out) == Counter(UNLABELED)  # every case once: none redone
     assert list(out.glob(".*partial*")) == [in_flight]  # its own leftovers swept, the other shard's kept
 
     stamps = {path.name: path.stat().st_mtime_ns for path in out.iterdir() if path.name != in_flight.name}
     (out / "manifest.csv").unlink()
-    again = run_pseudo_labelling(teacher, images, out, device="cpu", progress=False, shard=first)
+    again = run_pseudo_labeling(teacher, images, out, device="cpu", shard=first)
     assert [row.case_id for row in again] == UNLABELED and (out / "manifest.csv").is_file()  # written again
     for name in ("scores.shard-0-of-2.jsonl", "scores.shard-1-of-2.jsonl", *(f"{c}.nii.gz" for c in UNLABELED)):
         assert (out / name).stat().st_mtime_ns == stamps[name], name  # nothing redone
@@ -321,8 +321,8 @@ def test_a_killed_shard_rerun_completes_the_set_without_doing_a_case_twice(
 
 def test_an_unsharded_rerun_takes_up_the_cases_a_shard_left(straight, phantoms: Path, tmp_path: Path) -> None:
     teacher, images, out = straight[0], phantoms / "imagesUnlabeled", tmp_path / "pl"
-    run_pseudo_labelling(teacher, images, out, device="cpu", progress=False, shard=Shard(1, 2))
-    manifest = run_pseudo_labelling(teacher, images, out, device="cpu", progress=False)
+    run_pseudo_labeling(teacher, images, out, device="cpu", shard=Shard(1, 2))
+    manifest = run_pseudo_labeling(teacher, images, out, device="cpu")
     assert [row.case_id for row in manifest] == UNLABELED
     assert sorted(read_scores_of(out / "scores.jsonl")) == UNLABELED[0::2]  # only what shard 1 left
     assert rows_per_case(out) == Counter(UNLABELED) and sorted(read_scores(out)) == UNLABELED
@@ -330,11 +330,11 @@ def test_an_unsharded_rerun_takes_up_the_cases_a_shard_left(straight, phantoms: 
 
 def test_sharded_prediction_writes_each_case_once(straight, phantoms: Path, tmp_path: Path, capsys) -> None:
     teacher, images, out = straight[0], phantoms / "imagesUnlabeled", tmp_path / "predictions"
-    first = run_prediction(teacher, images, out, "cpu", False, profile=True, shard=Shard(0, 3))
+    first = run_prediction(teacher, images, out, "cpu", profile=True, shard=Shard(0, 3))
     assert [path.name for path in first] == [f"{case}.nii.gz" for case in UNLABELED[0::3]]
     assert (out / "profile.shard-0-of-3.csv").is_file() and not (out / "profile.csv").exists()
-    assert run_prediction(teacher, images, out, "cpu", False, shard=Shard(0, 3)) == []  # done: skipped
-    rest = [run_prediction(teacher, images, out, "cpu", False, shard=Shard(i, 3)) for i in (1, 2)]
+    assert run_prediction(teacher, images, out, "cpu", shard=Shard(0, 3)) == []  # done: skipped
+    rest = [run_prediction(teacher, images, out, "cpu", shard=Shard(i, 3)) for i in (1, 2)]
     written = sorted(path.name for paths in [first, *rest] for path in paths)
     assert written == [f"{case}.nii.gz" for case in UNLABELED]
     single = phantoms / "imagesUnlabeled" / f"{UNLABELED[0]}_0000.nii.gz"

@@ -40,7 +40,7 @@ def _read_csv(path: Path) -> list[dict]:
 
 def test_outputs(folders, tmp_path):
     pred_dir, gt_dir = folders
-    result = run_evaluation(pred_dir, gt_dir, tmp_path / "out", workers=1, progress=False)
+    result = run_evaluation(pred_dir, gt_dir, tmp_path / "out", workers=1)
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_NAMES)
     assert (out / "metrics.csv").read_text().splitlines()[0] == "case,label,organ,dsc,nsd"
@@ -67,7 +67,7 @@ def test_outputs(folders, tmp_path):
 
 def test_volumes_are_those_of_the_predictions(folders, tmp_path):
     pred_dir, gt_dir = folders
-    result = run_evaluation(pred_dir, gt_dir, tmp_path / "out", workers=1, progress=False)
+    result = run_evaluation(pred_dir, gt_dir, tmp_path / "out", workers=1)
     from organseg.io import read_label
 
     pred = read_label(pred_dir / "case_b_0000.nii.gz")
@@ -78,8 +78,8 @@ def test_volumes_are_those_of_the_predictions(folders, tmp_path):
 
 def test_parallel_equals_serial(folders, tmp_path):
     pred_dir, gt_dir = folders
-    serial = run_evaluation(pred_dir, gt_dir, tmp_path / "serial", workers=1, progress=False)
-    parallel = run_evaluation(pred_dir, gt_dir, tmp_path / "parallel", workers=2, progress=False)
+    serial = run_evaluation(pred_dir, gt_dir, tmp_path / "serial", workers=1)
+    parallel = run_evaluation(pred_dir, gt_dir, tmp_path / "parallel", workers=2)
     assert parallel.rows == serial.rows and parallel.volumes == serial.volumes
     assert (tmp_path / "parallel" / "metrics.csv").read_text() == (tmp_path / "serial" / "metrics.csv").read_text()
 
@@ -88,7 +88,7 @@ def test_missing_prediction_names_the_case(folders, tmp_path):
     pred_dir, gt_dir = folders
     (pred_dir / "case_b_0000.nii.gz").unlink()
     with pytest.raises(InputError, match="case_b: no prediction") as error:
-        run_evaluation(pred_dir, gt_dir, tmp_path / "out", workers=1, progress=False)
+        run_evaluation(pred_dir, gt_dir, tmp_path / "out", workers=1)
     assert "case_a" not in str(error.value)
     assert not (tmp_path / "out").exists()
 
@@ -97,7 +97,7 @@ def test_extra_prediction_is_a_warning(folders, tmp_path):
     pred_dir, gt_dir = folders
     extra = make_volume(shape=(24, 20, 16), labels=2)
     write_label(extra.array, extra.geometry, pred_dir / "case_z.nii.gz")
-    result = run_evaluation(pred_dir, gt_dir, tmp_path / "out", workers=1, progress=False)
+    result = run_evaluation(pred_dir, gt_dir, tmp_path / "out", workers=1)
     assert len(result.warnings) == 1 and "case_z" in result.warnings[0]
     assert len(result.rows) == len(CASES) * 13
 
@@ -111,7 +111,7 @@ def test_grid_mismatch_names_both_files_and_leaves_no_output(folders, tmp_path, 
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(InputError) as error:
-        run_evaluation(pred_dir, gt_dir, out, workers=workers, progress=False)
+        run_evaluation(pred_dir, gt_dir, out, workers=workers)
     message = str(error.value)
     assert "case_b_0000.nii.gz" in message and str(gt_dir / "case_b.nii.gz") in message and "origin" in message
     assert list(out.iterdir()) == []
@@ -120,18 +120,16 @@ def test_grid_mismatch_names_both_files_and_leaves_no_output(folders, tmp_path, 
 def test_bad_arguments(folders, tmp_path):
     pred_dir, gt_dir = folders
     with pytest.raises(InputError, match="z rule"):
-        run_evaluation(pred_dir, gt_dir, tmp_path / "out", flare_z_rule="strict", progress=False)
+        run_evaluation(pred_dir, gt_dir, tmp_path / "out", flare_z_rule="strict")
     with pytest.raises(InputError, match="label 20"):
-        run_evaluation(pred_dir, gt_dir, tmp_path / "out", tolerances_mm={20: 1.0}, progress=False)
+        run_evaluation(pred_dir, gt_dir, tmp_path / "out", tolerances_mm={20: 1.0})
     with pytest.raises(InputError, match="not found"):
-        run_evaluation(tmp_path / "nowhere", gt_dir, tmp_path / "out", progress=False)
+        run_evaluation(tmp_path / "nowhere", gt_dir, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
 def test_custom_tolerance_and_z_rule_are_recorded(folders, tmp_path):
     pred_dir, gt_dir = folders
-    result = run_evaluation(
-        pred_dir, gt_dir, tmp_path / "out", FLARE22, {1: 1.0}, flare_z_rule="flare", workers=1, progress=False
-    )
+    result = run_evaluation(pred_dir, gt_dir, tmp_path / "out", FLARE22, {1: 1.0}, flare_z_rule="flare", workers=1)
     assert result.summary["settings"] == {**result.summary["settings"], "flare_z_rule": "flare"}
     assert result.summary["organs"]["liver"]["tolerance_mm"] == 1.0

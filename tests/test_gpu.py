@@ -45,7 +45,7 @@ def cuda_run(phantoms: Path, tmp_path_factory) -> tuple[Path, dict]:
     run_dir = tmp_path_factory.mktemp("runs") / "cuda"
     config = resolve_config("tiny", overrides=["precision=bf16", *STEPS])
     torch.cuda.reset_peak_memory_stats()
-    rows = run_training(discover_dataset(phantoms), run_dir, config, device="cuda", progress=False)
+    rows = run_training(discover_dataset(phantoms), run_dir, config, device="cuda")
     return run_dir, rows
 
 

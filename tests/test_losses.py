@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 
+from organseg.labels import IGNORE_LABEL
 from organseg.losses import (
-    IGNORE_LABEL,
     MAX_CLASS_WEIGHT,
     class_weights,
     deep_supervision_loss,
     dice_ce_loss,
     dice_ce_per_sample,
-    dice_per_class,
     soft_dice_per_class,
 )
+from organseg.metrics import dice_per_class
 
 
 def _one_hot_logits(target: torch.Tensor, classes: int, margin: float = 100.0) -> torch.Tensor:

@@ -13,7 +13,7 @@ from organseg.cascade import Segmenter
 from organseg.config import resolve_config
 from organseg.dataset import discover_dataset
 from organseg.io import read_image, read_label
-from organseg.losses import dice_per_class
+from organseg.metrics import dice_per_class
 from organseg.runs import run_training
 
 OVERFIT = [
@@ -44,7 +44,7 @@ def test_model_trained_on_one_real_case_segments_its_liver(real_data: Path, tmp_
     shutil.copy(real_data / "ts_abdomen" / "image.nii.gz", images / "abdomen_0000.nii.gz")
     shutil.copy(real_data / "ts_abdomen" / "label_flare13.nii.gz", labels / "abdomen.nii.gz")
     config = resolve_config("tiny", overrides=OVERFIT)
-    run_training(discover_dataset(None, images=images, labels=labels), tmp_path / "run", config, progress=False)
+    run_training(discover_dataset(None, images=images, labels=labels), tmp_path / "run", config)
 
     image = read_image(images / "abdomen_0000.nii.gz")
     truth = read_label(labels / "abdomen.nii.gz").array

@@ -15,8 +15,8 @@ from organseg.labels import FLARE22
 from organseg.phantom import generate_case, write_dataset
 from organseg.phantom.body import sample_body
 from organseg.phantom.case import _make_canvas
+from organseg.pictures import save_overlay_png
 from organseg.preprocess.orientation import canonical_transform
-from organseg.report import save_overlay_png
 
 ID = {name: label for label, name in FLARE22.names}
 SHAPE = (80, 80, 40)

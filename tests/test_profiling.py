@@ -135,7 +135,7 @@ def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("profile")
     data = write_dataset(root / "phantoms", labeled=2, unlabeled=0, test=2, seed=5, shape=(32, 32, 20))
     config = resolve_config("tiny", overrides=["stage1.epochs=1", "stage2.epochs=1"])
-    run_training(discover_dataset(data), root / "run", config, device="cpu", progress=False)
+    run_training(discover_dataset(data), root / "run", config, device="cpu")
     return root / "run", data
 
 

@@ -74,7 +74,7 @@ def phantoms(tmp_path_factory) -> Path:
 def tiny_run(phantoms: Path, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
     config = resolve_config("tiny", overrides=TINY)
-    run_training(discover_dataset(phantoms), run_dir, config, device="cpu", progress=False)
+    run_training(discover_dataset(phantoms), run_dir, config, device="cpu")
     return run_dir
 
 
@@ -108,7 +108,7 @@ def ct_volume(**geometry) -> Volume:
 
 
 def make_dataset(root: Path) -> Path:
-    """A valid nnU-Net dataset: one labelled case with 3 organs, and an empty imagesTs."""
+    """A valid nnU-Net dataset: one labeled case with 3 organs, and an empty imagesTs."""
     for folder in ("imagesTr", "labelsTr", "imagesTs"):
         (root / folder).mkdir(parents=True)
     (root / "dataset.json").write_text(json.dumps({"labels": ORGANS, "file_ending": ".nii.gz"}))
@@ -786,7 +786,7 @@ def test_memory_stays_flat_over_a_50_case_batch(tiny_run: Path, tmp_path: Path, 
         resident_mb.append(_resident_mb())
 
     monkeypatch.setattr(predict_module, "write_label", write_and_measure)
-    written = run_prediction(tiny_run, images, tmp_path / "out", device="cpu", progress=False)
+    written = run_prediction(tiny_run, images, tmp_path / "out", device="cpu")
     assert len(written) == len(resident_mb) == 50
     growth = resident_mb[49] - resident_mb[9]
     assert growth < 50, f"resident memory grew {growth:.1f} MB from case 10 to case 50: {resident_mb}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -21,10 +22,10 @@ from organseg.dataset import Case, discover_dataset
 from organseg.errors import InputError
 from organseg.geometry import Geometry
 from organseg.io import Volume, read_image, read_label
-from organseg.losses import IGNORE_LABEL
+from organseg.labels import IGNORE_LABEL
 from organseg.phantom import write_dataset
-from organseg.pseudolabel import clean_pseudo_label, decide, read_scores, run_pseudo_labelling
-from organseg.runs import run_training
+from organseg.pseudolabel import clean_pseudo_label, decide, read_scores, run_pseudo_labeling
+from organseg.runs import TrainingInputs, run_training
 from organseg.selftraining import run_ssl
 from organseg.train import draw_batch
 
@@ -41,7 +42,7 @@ def _pool(labeled: int, pseudo: int) -> list[SimpleNamespace]:
     ]
 
 
-def test_batch_of_four_holds_exactly_one_labelled_sample_at_a_quarter() -> None:
+def test_batch_of_four_holds_exactly_one_labeled_sample_at_a_quarter() -> None:
     rng, cases = np.random.default_rng(0), _pool(3, 24)
     for _ in range(500):
         batch = draw_batch(cases, 4, 0.25, rng)
@@ -49,7 +50,7 @@ def test_batch_of_four_holds_exactly_one_labelled_sample_at_a_quarter() -> None:
 
 
 @pytest.mark.parametrize("batch_size, fraction", [(1, 0.25), (2, 0.25), (3, 0.5), (1, 0.6)])
-def test_labelled_share_matches_the_fraction_at_any_batch_size(batch_size: int, fraction: float) -> None:
+def test_labeled_share_matches_the_fraction_at_any_batch_size(batch_size: int, fraction: float) -> None:
     rng, cases = np.random.default_rng(1), _pool(3, 24)
     draws = [case for _ in range(4000) for case in draw_batch(cases, batch_size, fraction, rng)]
     share = np.mean([not case.pseudo for case in draws])
@@ -133,7 +134,7 @@ def test_filters_keep_all_above_threshold_or_the_best_fraction() -> None:
     assert "not in the best 50%" in fraction[3][1]
 
 
-# --- pseudo-labelling and rounds with the tiny preset ------------------------------------------
+# --- pseudo-labeling and rounds with the tiny preset ------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -145,12 +146,12 @@ def phantoms(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def teacher(phantoms: Path, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("ssl_runs") / "teacher"
-    run_training(discover_dataset(phantoms), run_dir, resolve_config("tiny", overrides=TINY), progress=False)
+    run_training(discover_dataset(phantoms), run_dir, resolve_config("tiny", overrides=TINY))
     return run_dir
 
 
 def test_pseudo_labels_sit_on_their_images_grid_with_a_manifest(phantoms: Path, teacher: Path, tmp_path) -> None:
-    manifest = run_pseudo_labelling(teacher, phantoms / "imagesUnlabeled", tmp_path / "pl", progress=False)
+    manifest = run_pseudo_labeling(teacher, phantoms / "imagesUnlabeled", tmp_path / "pl")
     assert [row.case_id for row in manifest] == [f"phantom_u{i:03d}" for i in range(1, 5)]
     for row in manifest:
         image, label = read_image(row.image), read_label(row.label)
@@ -167,34 +168,34 @@ def test_a_rerun_skips_finished_cases_and_another_model_is_refused(
     phantoms: Path, teacher: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "pl"
-    run_pseudo_labelling(teacher, phantoms / "imagesUnlabeled", out, progress=False)
+    run_pseudo_labeling(teacher, phantoms / "imagesUnlabeled", out)
     stamps = {path.name: path.stat().st_mtime_ns for path in out.glob("*.nii.gz")}
     lines = (out / "scores.jsonl").read_text()
-    run_pseudo_labelling(teacher, phantoms / "imagesUnlabeled", out, progress=False)
+    run_pseudo_labeling(teacher, phantoms / "imagesUnlabeled", out)
     assert {path.name: path.stat().st_mtime_ns for path in out.glob("*.nii.gz")} == stamps
     assert (out / "scores.jsonl").read_text() == lines
     other = tmp_path / "other_run"
     shutil.copytree(teacher, other)
     with pytest.raises(InputError, match="another model"):
-        run_pseudo_labelling(other, phantoms / "imagesUnlabeled", out, progress=False)
+        run_pseudo_labeling(other, phantoms / "imagesUnlabeled", out)
 
 
 def test_the_state_a_kill_leaves_is_cleaned_up_and_redone(phantoms: Path, teacher: Path, tmp_path: Path) -> None:
     out = tmp_path / "pl"
-    run_pseudo_labelling(teacher, phantoms / "imagesUnlabeled", out, progress=False)
+    run_pseudo_labeling(teacher, phantoms / "imagesUnlabeled", out)
     # As if killed while writing case 4 (partial file) and appending case 3's row (torn line),
     # after case 4's label map replaced an older one whose row never came.
     rows = (out / "scores.jsonl").read_text().splitlines()
     (out / "scores.jsonl").write_text("\n".join(rows[:2]) + "\n" + rows[2][:25])
     (out / ".phantom_u004.partial-0a1b2c3d.nii.gz").write_bytes(b"\x1f\x8b half a file")
-    run_pseudo_labelling(teacher, phantoms / "imagesUnlabeled", out, progress=False)
+    run_pseudo_labeling(teacher, phantoms / "imagesUnlabeled", out)
     assert sorted(read_scores(out)) == [f"phantom_u{i:03d}" for i in range(1, 5)]
     assert not list(out.glob(".*partial*"))
     for path in out.glob("*.nii.gz"):
         read_label(path)
 
 
-def test_pseudo_labelling_killed_midway_resumes(phantoms: Path, teacher: Path, tmp_path: Path) -> None:
+def test_pseudo_labeling_killed_midway_resumes(phantoms: Path, teacher: Path, tmp_path: Path) -> None:
     many = write_dataset(tmp_path / "many", labeled=0, unlabeled=8, test=0, seed=11, shape=(96, 96, 48))
     out = tmp_path / "pl"
     command = [sys.executable, "-m", "organseg", "pseudo-label", str(teacher), str(many / "imagesUnlabeled"), str(out)]
@@ -218,12 +219,11 @@ def test_pseudo_labelling_killed_midway_resumes(phantoms: Path, teacher: Path, t
         )
 
 
-def test_ssl_rounds_keep_every_model_manifest_and_metric(phantoms: Path, tmp_path: Path, capsys) -> None:
+def test_ssl_rounds_keep_every_model_manifest_and_metric(phantoms: Path, tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="organseg")
     run_dir = tmp_path / "ssl"
     overrides = [*TINY, "ssl.rounds=2", "ssl.filter=fraction", "ssl.keep_fraction=0.5"]
-    summary = run_ssl(
-        discover_dataset(phantoms), run_dir, resolve_config("tiny", overrides=overrides), "cpu", progress=False
-    )
+    summary = run_ssl(discover_dataset(phantoms), run_dir, resolve_config("tiny", overrides=overrides), "cpu")
     assert [r["round"] for r in summary["rounds"]] == [0, 1, 2]
     assert [r["pseudo_labels_kept"] for r in summary["rounds"]] == [0, 2, 2]
     for index in range(3):
@@ -234,25 +234,26 @@ def test_ssl_rounds_keep_every_model_manifest_and_metric(phantoms: Path, tmp_pat
     assert all("previous_agreement" in record for record in second)  # round 2 compares with round 1
     kept = {record["case"] for record in second if record["kept"]}
     assert {path.name.removesuffix(".json") for path in (run_dir / "round2" / "cache_pseudo").glob("*.json")} == kept
-    table = capsys.readouterr().out
+    table = caplog.text
     assert "| organ | full supervision | round 1 | round 2 |" in table and "| liver |" in table
     assert (run_dir / "rounds.md").read_text().strip() in table
 
     stamp = (run_dir / "round2" / "stage2" / "last.pt").stat().st_mtime_ns
-    again = run_ssl(discover_dataset(phantoms), run_dir, None, "cpu", resume=True, progress=False)
+    again = run_ssl(discover_dataset(phantoms), run_dir, None, "cpu")
     assert (run_dir / "round2" / "stage2" / "last.pt").stat().st_mtime_ns == stamp  # nothing retrained
     assert again["rounds"] == summary["rounds"]
     with pytest.raises(InputError, match="already holds a self-training run"):
-        run_ssl(discover_dataset(phantoms), run_dir, resolve_config("tiny"), "cpu", progress=False)
+        run_ssl(discover_dataset(phantoms), run_dir, resolve_config("tiny"), "cpu")
 
 
-def test_ssl_needs_unlabelled_images(tmp_path: Path) -> None:
+def test_ssl_needs_unlabeled_images(tmp_path: Path) -> None:
     data = write_dataset(tmp_path / "data", labeled=2, unlabeled=0, test=0, seed=1, shape=SHAPE)
-    with pytest.raises(InputError, match="no unlabelled images"):
-        run_ssl(discover_dataset(data), tmp_path / "run", resolve_config("tiny"), "cpu", progress=False)
+    with pytest.raises(InputError, match="no unlabeled images"):
+        run_ssl(discover_dataset(data), tmp_path / "run", resolve_config("tiny"), "cpu")
 
 
-def test_demo_writes_results_for_both_models(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_demo_writes_results_for_both_models(tmp_path: Path, monkeypatch, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="organseg")
     monkeypatch.setattr(demo_module, "QUICK", {"labeled": 3, "unlabeled": 2, "test": 2})
     two_rounds = [*TINY, "ssl.rounds=2"]  # as the full demo; the semi-supervised model is the last student
     monkeypatch.setattr(demo_module, "demo_config", lambda quick, seed: resolve_config("tiny", overrides=two_rounds))
@@ -269,7 +270,7 @@ def test_demo_writes_results_for_both_models(tmp_path: Path, monkeypatch, capsys
         assert 0 <= entry["mean_dsc"] <= 1 and 0 <= entry["mean_nsd"] <= 1
         assert (Path(entry["model_dir"]) / "stage2" / "best.pt").is_file()
     assert results["semi_supervised"]["mean_dsc"] == saved["semi_supervised"]["mean_dsc"]
-    out = capsys.readouterr().out
+    out = caplog.text
     assert "| organ | full supervision | semi-supervised |" in out and "results.json" in out
 
 
@@ -282,7 +283,7 @@ def test_doubtful_voxels_become_unknown_and_a_student_trains_on_them(
     phantoms: Path, teacher: Path, tmp_path: Path
 ) -> None:
     settings = SelfTrainingConfig(min_voxel_confidence=0.5)  # the tiny teacher doubts a lot
-    manifest = run_pseudo_labelling(teacher, phantoms / "imagesUnlabeled", tmp_path / "pl", settings, progress=False)
+    manifest = run_pseudo_labeling(teacher, phantoms / "imagesUnlabeled", tmp_path / "pl", settings)
     arrays = [read_label(row.label).array for row in manifest]
     assert any((array == IGNORE_LABEL).any() for array in arrays)
     records = json.loads((tmp_path / "pl" / "manifest.json").read_text())["cases"]
@@ -290,5 +291,5 @@ def test_doubtful_voxels_become_unknown_and_a_student_trains_on_them(
         assert record["unsure_percent"] == pytest.approx(100 * (array == IGNORE_LABEL).mean(), abs=1e-3)
     pseudo = [Case(row.case_id, row.image, row.label) for row in manifest]
     config = resolve_config("tiny", overrides=TINY)
-    run_training(discover_dataset(phantoms), tmp_path / "student", config, progress=False, pseudo_cases=pseudo)
+    run_training(discover_dataset(phantoms), tmp_path / "student", config, inputs=TrainingInputs(tuple(pseudo)))
     assert (tmp_path / "student" / "stage2" / "best.pt").is_file()

@@ -33,7 +33,7 @@ def phantoms(tmp_path_factory) -> Path:
 def trained_run(phantoms: Path, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
     config = resolve_config("tiny", overrides=["stage1.epochs=3", "stage2.epochs=3"])
-    run_training(discover_dataset(phantoms), run_dir, config, progress=False)
+    run_training(discover_dataset(phantoms), run_dir, config)
     return run_dir
 
 
@@ -85,12 +85,12 @@ def test_predict_folder_skips_finished_cases(trained_run: Path, phantoms: Path, 
 
 def test_a_second_training_into_a_trained_run_is_refused(trained_run: Path, phantoms: Path) -> None:
     with pytest.raises(InputError, match="--resume"):
-        run_training(discover_dataset(phantoms), trained_run, resolve_config("tiny"), progress=False)
+        run_training(discover_dataset(phantoms), trained_run, resolve_config("tiny"))
 
 
 def test_poly_schedule_falls_smoothly_to_zero(phantoms: Path, tmp_path: Path) -> None:
     config = resolve_config("tiny", overrides=["stage1.epochs=4", "stage1.lr_schedule=poly"])
-    run_training(discover_dataset(phantoms), tmp_path / "run", config, stages=("stage1",), progress=False)
+    run_training(discover_dataset(phantoms), tmp_path / "run", config, stages=("stage1",))
     rows = [json.loads(line) for line in (tmp_path / "run" / "stage1" / "log.jsonl").read_text().splitlines()]
     expected = [1e-3 * (1 - epoch / 4) ** 0.9 for epoch in range(4)]  # the rate each epoch trained with
     assert [row["lr"] for row in rows] == pytest.approx(expected, rel=1e-9)
@@ -98,9 +98,7 @@ def test_poly_schedule_falls_smoothly_to_zero(phantoms: Path, tmp_path: Path) ->
 
 def test_a_deeply_supervised_run_predicts_like_a_plain_one(phantoms: Path, tmp_path: Path) -> None:
     overrides = ["stage1.epochs=1", "stage2.epochs=1", "stage2.net.deep_supervision=true"]
-    run_training(
-        discover_dataset(phantoms), tmp_path / "run", resolve_config("tiny", overrides=overrides), progress=False
-    )
+    run_training(discover_dataset(phantoms), tmp_path / "run", resolve_config("tiny", overrides=overrides))
     content = torch.load(tmp_path / "run" / "stage2" / "last.pt", weights_only=True)
     assert content["net"]["deep_supervision"] is True
     assert any(name.startswith("deep_heads.") for name in content["model"])
@@ -119,7 +117,7 @@ def test_resumed_training_ends_where_an_uninterrupted_one_does(
 ) -> None:
     config = resolve_config("tiny", overrides=["stage1.epochs=3", *settings])
     dataset = discover_dataset(phantoms)
-    run_training(dataset, tmp_path / "straight", config, stages=("stage1",), progress=False)
+    run_training(dataset, tmp_path / "straight", config, stages=("stage1",))
 
     real_end_epoch = train_module._end_epoch
 
@@ -131,9 +129,9 @@ def test_resumed_training_ends_where_an_uninterrupted_one_does(
 
     monkeypatch.setattr(train_module, "_end_epoch", stop_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
-        run_training(dataset, tmp_path / "broken", config, stages=("stage1",), progress=False)
+        run_training(dataset, tmp_path / "broken", config, stages=("stage1",))
     monkeypatch.setattr(train_module, "_end_epoch", real_end_epoch)
-    run_training(dataset, tmp_path / "broken", None, stages=("stage1",), resume=True, progress=False)
+    run_training(dataset, tmp_path / "broken", None, stages=("stage1",))
 
     straight = torch.load(tmp_path / "straight" / "stage1" / "last.pt", weights_only=True)
     resumed = torch.load(tmp_path / "broken" / "stage1" / "last.pt", weights_only=True)
@@ -155,7 +153,7 @@ def test_train_cli_with_overrides_and_unknown_keys(phantoms: Path, tmp_path: Pat
 
 def test_stage1_can_learn_the_organs_as_one_foreground_class(phantoms: Path, tmp_path: Path) -> None:
     config = resolve_config("tiny", overrides=["stage1_target=foreground", "stage1.epochs=1", "stage2.epochs=1"])
-    run_training(discover_dataset(phantoms), tmp_path / "run", config, progress=False)
+    run_training(discover_dataset(phantoms), tmp_path / "run", config)
     stage1 = torch.load(tmp_path / "run" / "stage1" / "best.pt", weights_only=True)
     assert stage1["net"]["num_classes"] == 2
     row = json.loads((tmp_path / "run" / "stage1" / "log.jsonl").read_text().splitlines()[-1])

@@ -8,8 +8,10 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from organseg.losses import dice_ce_loss, dice_per_class
-from organseg.nets.unet3d import PAPER_WIDTHS, UNet3D, count_flops, count_parameters
+from organseg.config import PAPER_WIDTHS
+from organseg.losses import dice_ce_loss
+from organseg.metrics import dice_per_class
+from organseg.nets.unet3d import UNet3D, count_flops, count_parameters
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,10 @@
-"""Atomic file writes: a file appears under its final name complete, or not at all."""
+"""Files written safely: atomically (complete under the final name, or not at all) or, for
+logs, one flushed line at a time whose readers skip a line torn by a kill."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 from collections.abc import Iterable, Iterator
@@ -97,3 +99,25 @@ def append_line(path: str | os.PathLike, line: str) -> None:
         log.write(("\n" if torn else "") + line + "\n")
         log.flush()
         os.fsync(log.fileno())
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The rows of a log written by `append_line`; a line torn by a kill is skipped."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def write_json(path: str | os.PathLike, data: object) -> None:
+    """`data` as indented JSON, written atomically."""
+    write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """`text` written atomically, as UTF-8."""
+    with atomic_write(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")

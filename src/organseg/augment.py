@@ -27,47 +27,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from organseg.config import AugmentConfig
+
 LabelPairs = tuple[tuple[int, int], ...]
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """What to draw for each training patch; every `*_p` is a probability per patch."""
-
-    enabled: bool = True
-    rotation_p: float = 0.2
-    rotation_max_deg: float = 15.0  # each of the three angles uniform in +-this
-    scale_p: float = 0.2
-    scale_range: tuple[float, float] = (0.85, 1.15)  # > 1 enlarges the anatomy
-    elastic_p: float = 0.2
-    elastic_magnitude_vox: float = 4.0  # largest displacement at a control point, voxels
-    elastic_control_points: int = 5  # per axis; the field is their trilinear interpolation
-    mirror_p: float = 0.5  # per axis in mirror_axes
-    mirror_axes: tuple[int, ...] = (0,)  # 0 = left-right, the only symmetric axis of the abdomen
-    brightness_p: float = 0.15
-    brightness_std: float = 0.1  # additive shift ~ N(0, std), z-score units
-    contrast_p: float = 0.15
-    contrast_range: tuple[float, float] = (0.75, 1.25)
-    gamma_p: float = 0.15
-    gamma_range: tuple[float, float] = (0.7, 1.5)
-    noise_p: float = 0.1
-    noise_max_std: float = 0.1  # the noise's standard deviation is uniform in [0, this]
-    blur_p: float = 0.1
-    blur_sigma_range_vox: tuple[float, float] = (0.5, 1.0)
-    image_fill: float | None = None  # image value outside the patch; None repeats the border
-
-    def __post_init__(self) -> None:
-        for name, value in vars(self).items():
-            if name.endswith("_p") and not 0.0 <= value <= 1.0:
-                raise ValueError(f"augmentation {name} must be a probability in [0, 1], got {value}")
-            if name.endswith(("_range", "_range_vox")) and not 0.0 < value[0] <= value[1]:
-                raise ValueError(f"augmentation {name} must be (low, high) with 0 < low <= high, got {value}")
-        if not set(self.mirror_axes) <= {0, 1, 2}:
-            raise ValueError(f"augmentation mirror_axes must be a subset of (0, 1, 2), got {self.mirror_axes}")
-        if self.elastic_control_points < 2:
-            raise ValueError(f"augmentation elastic_control_points must be >= 2, got {self.elastic_control_points}")
-        if min(self.rotation_max_deg, self.elastic_magnitude_vox, self.brightness_std, self.noise_max_std) < 0:
-            raise ValueError("augmentation magnitudes (rotation, elastic, brightness, noise) must be >= 0")
 
 
 @dataclass(frozen=True)

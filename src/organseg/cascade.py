@@ -18,7 +18,7 @@ affine of the path without training.
 
 from __future__ import annotations
 
-import warnings
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,15 +32,16 @@ from organseg.device import autocast, resolve_device, use_bf16
 from organseg.errors import InputError
 from organseg.io import Volume
 from organseg.labels import LabelSet
-from organseg.losses import dice_per_class
+from organseg.metrics import mean_dice
 from organseg.nets.unet3d import UNet3D
 from organseg.phases import PhaseClock
 from organseg.postprocess import keep_largest_component
-from organseg.preprocess.crop import Box, bounding_box, paste
+from organseg.preprocess.crop import Box, bounding_box, grow_box, paste
 from organseg.preprocess.normalize import clip_to_window, ct_statistics, zscore
 from organseg.preprocess.orientation import AxisTransform, canonical_transform
 from organseg.preprocess.resample import resample_image, resample_labels, resampled_argmax
-from organseg.samples import grow_box
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,7 @@ class Segmenter:
         """The box of stage 1's largest organ blob on the volume, grown by the margin; the whole volume if none."""
         largest = keep_largest_component(coarse)  # a stray blob must not stretch the box
         if not largest.any():
-            warnings.warn("stage 1 found no organ; stage 2 segments the whole volume", stacklevel=3)
+            log.warning("stage 1 found no organ; stage 2 segments the whole volume")
             return Box.whole(shape)
         box_on_grid = bounding_box(largest > 0, spacing_mm=(1.0, 1.0, 1.0))
         box = _grid_box_to_volume(box_on_grid, coarse.shape, shape)
@@ -218,16 +219,6 @@ class Segmenter:
             "stage_agreement": stage_agreement,
             "crop_agreement": crop_agreement,
         }
-
-
-def mean_dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean Dice over the labels present in either map (1 when both are empty)."""
-    present = np.union1d(np.unique(a), np.unique(b))
-    present = present[present > 0]
-    if present.size == 0:
-        return 1.0
-    scores = dice_per_class(np.asarray(a), np.asarray(b), [int(label) for label in present])
-    return float(np.mean(list(scores.values())))
 
 
 def _grid_box_to_volume(box: Box, grid: tuple[int, int, int], shape: tuple[int, int, int]) -> Box:

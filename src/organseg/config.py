@@ -1,13 +1,16 @@
-"""One configuration, with its defaults in one place: presets, a JSON file, `--set` overrides.
+"""One configuration, with its defaults in one place: the dataclass fields below.
 
-A run's resolved configuration is saved as `RUN_DIR/config.json` and inside every
-checkpoint, so `predict` needs nothing but the run folder. Three presets:
+The defaults are the `cpu` preset: the best model we train on the phantom data in about 15
+minutes on 2 CPU cores, and a sensible start for a laptop with real data. Every other
+preset is a short list of differences from them:
 
-- `cpu` (the default): the best model we train on the phantom data in about 15 minutes on
-  2 CPU cores; also a sensible start for a laptop with real data.
 - `paper`: the FLARE 2022 paper's settings: 160^3 grids for both stages, a ~41M parameter
   U-Net per stage, batch 4, AdamW at lr 1e-3 halved every 200 epochs, 1000 epochs.
 - `tiny`: seconds per run, for tests.
+
+Then a JSON file and `--set key=value` overrides apply. A run's resolved configuration is
+saved as `RUN_DIR/config.json` and inside every checkpoint, so `predict` needs nothing but
+the run folder.
 """
 
 from __future__ import annotations
@@ -19,17 +22,23 @@ import typing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from organseg.augment import AugmentConfig
+from organseg.config_checks import config_problems
 from organseg.errors import InputError
 
-LR_SCHEDULES = ("halving", "poly")
+# The CT clipping window before z-scoring: wide enough for fat (about -100 HU) and for
+# contrast-enhanced kidneys, aorta and IVC (up to about 350 HU).
+CT_WINDOW_HU = (-200.0, 400.0)
+# nnU-Net's six-level widths (32 doubling to a cap) with a wider bottom, to reach the paper's
+# "about 41 M parameters per stage": 40.8 M with 1 input channel and 14 classes, 1.87 TFLOPs
+# per 160^3 forward pass (nnU-Net's 320 cap would give 31.2 M).
+PAPER_WIDTHS = (32, 64, 128, 256, 352, 512)
 
 
 @dataclass(frozen=True)
 class NetConfig:
     """The 3D U-Net of one stage."""
 
-    widths: tuple[int, ...] = (16, 32, 64, 128, 256)  # channels per level, top to bottom
+    widths: tuple[int, ...] = (8, 16, 32, 64, 128)  # channels per level, top to bottom
     blocks_per_level: int = 2  # conv-norm-activation blocks per level (the standard U-Net has 2)
     upsample: str = "transpose"  # "transpose" (learned) or "trilinear"
     deep_supervision: bool = False  # loss on every decoder level's output too (training only)
@@ -37,20 +46,37 @@ class NetConfig:
 
 @dataclass(frozen=True)
 class StageConfig:
-    """Grid, network and optimisation of one stage."""
+    """Grid, network and optimisation of one stage (the defaults: stage 2 of the cpu preset)."""
 
-    grid: tuple[int, int, int] = (160, 160, 160)  # voxels the network sees (paper: 160^3 both stages)
+    # Voxels the network sees. 80x64x48 keeps the resolution ceiling of default phantoms
+    # at a mean DSC of 0.97 (benchmarks/RESULTS.md).
+    grid: tuple[int, int, int] = (80, 64, 48)
     net: NetConfig = field(default_factory=NetConfig)
-    epochs: int = 1000
+    epochs: int = 330
     iterations_per_epoch: int = 0  # 0: one pass over the training cases per epoch
-    batch_size: int = 4
-    learning_rate: float = 1e-3
+    batch_size: int = 2  # on 2 CPU cores, per sample about 2x faster than batch 1
+    # A high rate: a CPU budget affords few steps.
+    learning_rate: float = 1e-2
     # "halving": the learning rate halves every lr_halving_epochs epochs (the paper);
     # "poly": it falls smoothly to 0 at the last epoch, lr * (1 - epoch / epochs) ** 0.9 (nnU-Net).
     lr_schedule: str = "halving"
     lr_halving_epochs: int = 200  # the learning rate halves every this many epochs ("halving")
     weight_decay: float = 1e-2  # AdamW's default decoupled weight decay
-    val_every: int = 10  # epochs between validations (and best-checkpoint updates)
+    val_every: int = 15  # epochs between validations (and best-checkpoint updates)
+
+
+def _stage1() -> StageConfig:
+    # Stage 1 only finds the organs' box: with one foreground class (Config.stage1_target)
+    # a small grid and net learn it in few steps.
+    return StageConfig(
+        grid=(48, 48, 32), net=NetConfig(widths=(8, 16, 32, 64)), epochs=40, lr_halving_epochs=16, val_every=5
+    )
+
+
+def _stage2() -> StageConfig:
+    # Few labeled cases generalise better with deep supervision and a rate falling to 0,
+    # whose last epochs refine instead of jumping around the minimum.
+    return StageConfig(net=NetConfig(deep_supervision=True), lr_schedule="poly")
 
 
 @dataclass(frozen=True)
@@ -65,6 +91,46 @@ class CropConfig:
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    """What to draw for each training patch; every `*_p` is a probability per patch."""
+
+    enabled: bool = True
+    rotation_p: float = 0.2
+    rotation_max_deg: float = 15.0  # each of the three angles uniform in +-this
+    scale_p: float = 0.2
+    scale_range: tuple[float, float] = (0.85, 1.15)  # > 1 enlarges the anatomy
+    elastic_p: float = 0.2
+    elastic_magnitude_vox: float = 4.0  # largest displacement at a control point, voxels
+    elastic_control_points: int = 5  # per axis; the field is their trilinear interpolation
+    mirror_p: float = 0.0  # per axis in mirror_axes; 0 by default: the abdomen is not symmetric
+    mirror_axes: tuple[int, ...] = (0,)  # 0 = left-right, the only symmetric axis of the abdomen
+    brightness_p: float = 0.15
+    brightness_std: float = 0.1  # additive shift ~ N(0, std), z-score units
+    contrast_p: float = 0.15
+    contrast_range: tuple[float, float] = (0.75, 1.25)
+    gamma_p: float = 0.15
+    gamma_range: tuple[float, float] = (0.7, 1.5)
+    noise_p: float = 0.1
+    noise_max_std: float = 0.1  # the noise's standard deviation is uniform in [0, this]
+    blur_p: float = 0.1
+    blur_sigma_range_vox: tuple[float, float] = (0.5, 1.0)
+    image_fill: float | None = None  # image value outside the patch; None repeats the border
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if name.endswith("_p") and not 0.0 <= value <= 1.0:
+                raise ValueError(f"augmentation {name} must be a probability in [0, 1], got {value}")
+            if name.endswith(("_range", "_range_vox")) and not 0.0 < value[0] <= value[1]:
+                raise ValueError(f"augmentation {name} must be (low, high) with 0 < low <= high, got {value}")
+        if not set(self.mirror_axes) <= {0, 1, 2}:
+            raise ValueError(f"augmentation mirror_axes must be a subset of (0, 1, 2), got {self.mirror_axes}")
+        if self.elastic_control_points < 2:
+            raise ValueError(f"augmentation elastic_control_points must be >= 2, got {self.elastic_control_points}")
+        if min(self.rotation_max_deg, self.elastic_magnitude_vox, self.brightness_std, self.noise_max_std) < 0:
+            raise ValueError("augmentation magnitudes (rotation, elastic, brightness, noise) must be >= 0")
+
+
+@dataclass(frozen=True)
 class SelfTrainingConfig:
     """Pseudo-labels and self-training rounds (organseg pseudo-label, organseg ssl)."""
 
@@ -75,93 +141,85 @@ class SelfTrainingConfig:
     # Voxels where the teacher's top probability is below this are marked "unknown" (255) in
     # the pseudo-label and left out of the student's loss; 0 marks none.
     min_voxel_confidence: float = 0.9  # chosen on validation: benchmarks/RESULTS.md
-    # Which pseudo-labelled cases the student learns from, by quality score (see organseg.pseudolabel):
+    # Which pseudo-labeled cases the student learns from, by quality score (see organseg.pseudolabel):
     # "none" keeps all, "threshold" those scoring >= min_score, "fraction" the best keep_fraction.
     filter: str = "none"
     min_score: float = 0.9
     keep_fraction: float = 0.75
-    # Mini-batch composition: this share of every batch's samples comes from labelled cases
-    # (batch 4 and 0.5: two labelled samples in each batch; with batch 1, a labelled sample
-    # every other step), so pseudo-labels cannot crowd the labelled cases out. 0 draws uniformly.
+    # Mini-batch composition: this share of every batch's samples comes from labeled cases
+    # (batch 4 and 0.5: two labeled samples in each batch; with batch 1, a labeled sample
+    # every other step), so pseudo-labels cannot crowd the labeled cases out. 0 draws uniformly.
     labeled_fraction: float = 0.5
-    pseudo_weight: float = 0.5  # loss weight of a pseudo-labelled sample (a labelled one weighs 1)
+    pseudo_weight: float = 0.5  # loss weight of a pseudo-labeled sample (a labeled one weighs 1)
 
 
 @dataclass(frozen=True)
 class Config:
     preset: str = "cpu"
     seed: int = 0
-    window_hu: tuple[float, float] = (-200.0, 400.0)  # CT clipping window before z-scoring
+    window_hu: tuple[float, float] = CT_WINDOW_HU
     label_resampling: str = "linear"  # training targets on the stage grids: "linear" or "nearest"
     precision: str = "auto"  # "auto" (bf16 where the hardware has it), "bf16" or "fp32"
-    validation_cases: int = 1  # labelled cases held out for validation (0: none)
+    validation_cases: int = 1  # labeled cases held out for validation (0: none)
     # Cross-entropy class weights (f_background / f_class) ** class_balance, so small organs
     # are learnt early (organseg.losses.class_weights); 0: every voxel weighs the same.
-    class_balance: float = 0.0
+    class_balance: float = 0.5
     largest_component: bool = True  # keep only the largest connected component of each organ
     # What stage 1 segments: "organs" (every organ, as the paper) or "foreground" (one
     # class, all organs together): enough to find the box, and learnt in far fewer steps.
-    stage1_target: str = "organs"
-    stage1: StageConfig = field(default_factory=StageConfig)
-    stage2: StageConfig = field(default_factory=StageConfig)
+    stage1_target: str = "foreground"
+    stage1: StageConfig = field(default_factory=_stage1)
+    stage2: StageConfig = field(default_factory=_stage2)
     crop: CropConfig = field(default_factory=CropConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     ssl: SelfTrainingConfig = field(default_factory=SelfTrainingConfig)
 
 
-def _paper() -> Config:
-    # 6 levels of (32, 64, 128, 256, 352, 512) channels: 40.8M parameters, as the paper's ~41M U-Net.
-    net = NetConfig(widths=(32, 64, 128, 256, 352, 512))
-    stage = StageConfig(grid=(160, 160, 160), net=net, epochs=1000, batch_size=4, val_every=10)
-    return Config(preset="paper", stage1=stage, stage2=stage, validation_cases=4)
+def _same_stages(stage: dict) -> dict:
+    return {"stage1": stage, "stage2": stage}
 
 
-def _cpu() -> Config:
-    # Chosen by benchmarks/bench_cpu_preset.py on 2 CPU cores (see benchmarks/RESULTS.md):
-    # stage 1 only finds the box, so it learns one foreground class on a small grid; stage 2's
-    # 80x64x48 grid keeps the resolution ceiling of default phantoms at a mean DSC of 0.97.
-    # Few steps fit in minutes, so the learning rate is high, and the cross-entropy weighs
-    # small organs up so they are learnt within those steps. Stage 2 generalises from few
-    # cases better with augmentation (no mirroring: the abdomen is not symmetric), a
-    # learning rate falling to 0 and deep supervision (run G against run F, two seeds).
-    # It is sized for a CPU with native bf16 (AVX-512 BF16 or AMX), where a training step
-    # takes about 0.6x the float32 time: there a fifth level and twice run G's steps fit the
-    # 15 minutes (run H); in float32 the same training takes about 1.6x as long.
-    stage1 = StageConfig(
-        grid=(48, 48, 32),
-        net=NetConfig(widths=(8, 16, 32, 64)),
-        epochs=40,
-        batch_size=2,
-        learning_rate=1e-2,
-        lr_halving_epochs=16,
-        val_every=5,
-    )
-    stage2 = StageConfig(
-        grid=(80, 64, 48),
-        net=NetConfig(widths=(8, 16, 32, 64, 128), deep_supervision=True),
-        epochs=330,  # both stages within 15 min on 2 cores with native bf16 (run H)
-        batch_size=2,  # per sample about 2x faster than batch 1 on 2 cores
-        learning_rate=1e-2,
-        lr_schedule="poly",
-        val_every=15,
-    )
-    return Config(
-        preset="cpu",
-        stage1=stage1,
-        stage2=stage2,
-        stage1_target="foreground",
-        class_balance=0.5,
-        augment=AugmentConfig(mirror_p=0.0),
-    )
-
-
-def _tiny() -> Config:
-    net = NetConfig(widths=(4, 8, 16))
-    stage = StageConfig(grid=(32, 32, 32), net=net, epochs=2, batch_size=2, lr_halving_epochs=1, val_every=1)
-    return Config(preset="tiny", stage1=stage, stage2=stage, crop=CropConfig(margin_mm=10.0))
-
-
-PRESETS = {"cpu": _cpu, "paper": _paper, "tiny": _tiny}
+# Each preset: its differences from the defaults, as a config file would write them.
+PRESETS: dict[str, dict] = {
+    "cpu": {},
+    "paper": {
+        "preset": "paper",
+        "validation_cases": 4,
+        "class_balance": 0.0,
+        "stage1_target": "organs",
+        "augment": {"mirror_p": 0.5},
+        **_same_stages(
+            {
+                "grid": [160, 160, 160],
+                "net": {"widths": list(PAPER_WIDTHS), "deep_supervision": False},
+                "epochs": 1000,
+                "batch_size": 4,
+                "learning_rate": 1e-3,
+                "lr_schedule": "halving",
+                "lr_halving_epochs": 200,
+                "val_every": 10,
+            }
+        ),
+    },
+    "tiny": {
+        "preset": "tiny",
+        "class_balance": 0.0,
+        "stage1_target": "organs",
+        "augment": {"mirror_p": 0.5},
+        "crop": {"margin_mm": 10.0},
+        **_same_stages(
+            {
+                "grid": [32, 32, 32],
+                "net": {"widths": [4, 8, 16], "deep_supervision": False},
+                "epochs": 2,
+                "learning_rate": 1e-3,
+                "lr_schedule": "halving",
+                "lr_halving_epochs": 1,
+                "val_every": 1,
+            }
+        ),
+    },
+}
 DEFAULT_PRESET = "cpu"
 
 
@@ -169,7 +227,7 @@ def resolve_config(preset: str = DEFAULT_PRESET, file: Path | None = None, overr
     """The preset, then the keys of a JSON config file, then `key=value` overrides; validated."""
     if preset not in PRESETS:
         raise InputError(f"unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
-    config = PRESETS[preset]()
+    config = from_dict(PRESETS[preset], base=Config(), source=f"preset {preset}")
     if file is not None:
         config = from_dict(_read_json(Path(file)), base=config, source=str(file))
     for override in overrides:
@@ -177,7 +235,9 @@ def resolve_config(preset: str = DEFAULT_PRESET, file: Path | None = None, overr
         if not separator:
             raise InputError(f"--set {override!r}: write it as key=value, e.g. stage1.epochs=50")
         config = _set(config, key.strip(), _parse_value(text.strip()), source=f"--set {override}")
-    validate(config)
+    problems = config_problems(config)
+    if problems:
+        raise InputError("invalid configuration: " + "; ".join(problems))
     return config
 
 
@@ -194,11 +254,15 @@ def from_dict(data: dict, base: Config | None = None, source: str = "config") ->
     return config
 
 
-def save_config(config: Config, path: Path) -> None:
-    from organseg.atomic import atomic_write
+def load_config(path: Path) -> Config:
+    """A configuration saved by `save_config`; keys it lacks keep their defaults."""
+    return from_dict(_read_json(Path(path)), base=Config(), source=str(path))
 
-    with atomic_write(path) as temporary:
-        temporary.write_text(json.dumps(to_dict(config), indent=2) + "\n")
+
+def save_config(config: Config, path: Path) -> None:
+    from organseg.atomic import write_json
+
+    write_json(path, to_dict(config))
 
 
 def _read_json(path: Path) -> dict:
@@ -293,72 +357,3 @@ def _all_keys(cls, prefix: str = "") -> list[str]:
         hint = hints[f.name]
         keys += _all_keys(hint, f"{prefix}{f.name}.") if dataclasses.is_dataclass(hint) else [prefix + f.name]
     return keys
-
-
-def validate(config: Config) -> None:
-    """Refuse values out of range, naming the setting."""
-    problems = []
-    check = problems.append
-    if config.window_hu[0] >= config.window_hu[1]:
-        check(f"window_hu must be [low, high] with low < high, got {list(config.window_hu)}")
-    if config.label_resampling not in ("linear", "nearest"):
-        check(f"label_resampling must be 'linear' or 'nearest', got '{config.label_resampling}'")
-    if config.precision not in ("auto", "bf16", "fp32"):
-        check(f"precision must be 'auto', 'bf16' or 'fp32', got '{config.precision}'")
-    if config.stage1_target not in ("organs", "foreground"):
-        check(f"stage1_target must be 'organs' or 'foreground', got '{config.stage1_target}'")
-    if not 0 <= config.class_balance <= 1:
-        check(f"class_balance must be in [0, 1], got {config.class_balance}")
-    if config.validation_cases < 0:
-        check(f"validation_cases must be >= 0, got {config.validation_cases}")
-    for name in ("stage1", "stage2"):
-        problems += _stage_problems(name, getattr(config, name))
-    low, high = config.crop.train_margin_mm
-    if config.crop.margin_mm < 0 or low < 0 or high < low or config.crop.train_shift_mm < 0:
-        check("crop margins and shift must be >= 0 with train_margin_mm = [low, high], low <= high")
-    problems += _ssl_problems(config.ssl)
-    if problems:
-        raise InputError("invalid configuration: " + "; ".join(problems))
-
-
-def _ssl_problems(ssl: SelfTrainingConfig) -> list[str]:
-    problems = []
-    if ssl.rounds < 1:
-        problems.append(f"ssl.rounds must be >= 1, got {ssl.rounds}")
-    if ssl.min_component_ml < 0:
-        problems.append(f"ssl.min_component_ml must be >= 0, got {ssl.min_component_ml}")
-    if not 0 <= ssl.min_voxel_confidence < 1:
-        problems.append(f"ssl.min_voxel_confidence must be in [0, 1), got {ssl.min_voxel_confidence}")
-    if ssl.filter not in ("none", "threshold", "fraction"):
-        problems.append(f"ssl.filter must be 'none', 'threshold' or 'fraction', got '{ssl.filter}'")
-    if not 0 < ssl.keep_fraction <= 1:
-        problems.append(f"ssl.keep_fraction must be in (0, 1], got {ssl.keep_fraction}")
-    if not 0 <= ssl.labeled_fraction <= 1:
-        problems.append(f"ssl.labeled_fraction must be in [0, 1], got {ssl.labeled_fraction}")
-    if not 0 < ssl.pseudo_weight <= 1:
-        problems.append(f"ssl.pseudo_weight must be in (0, 1], got {ssl.pseudo_weight}")
-    return problems
-
-
-def _stage_problems(name: str, stage: StageConfig) -> list[str]:
-    problems = []
-    multiple = 2 ** (len(stage.net.widths) - 1)
-    if len(stage.grid) != 3 or any(n < multiple or n % multiple for n in stage.grid):
-        problems.append(f"{name}.grid {list(stage.grid)} must be 3 sizes divisible by {multiple} (2^(levels-1))")
-    if len(stage.net.widths) < 2 or any(w < 1 for w in stage.net.widths):
-        problems.append(f"{name}.net.widths needs at least 2 positive widths, got {list(stage.net.widths)}")
-    if stage.net.upsample not in ("transpose", "trilinear"):
-        problems.append(f"{name}.net.upsample must be 'transpose' or 'trilinear'")
-    for setting in ("epochs", "batch_size", "lr_halving_epochs", "val_every", "net.blocks_per_level"):
-        value = stage.net.blocks_per_level if setting.startswith("net.") else getattr(stage, setting)
-        if value < 1:
-            problems.append(f"{name}.{setting} must be >= 1, got {value}")
-    if stage.iterations_per_epoch < 0:
-        problems.append(f"{name}.iterations_per_epoch must be >= 0, got {stage.iterations_per_epoch}")
-    if stage.lr_schedule not in LR_SCHEDULES:
-        problems.append(f"{name}.lr_schedule must be 'halving' or 'poly', got '{stage.lr_schedule}'")
-    if not 0 < stage.learning_rate < 1:
-        problems.append(f"{name}.learning_rate must be in (0, 1), got {stage.learning_rate}")
-    if stage.weight_decay < 0:
-        problems.append(f"{name}.weight_decay must be >= 0, got {stage.weight_decay}")
-    return problems

@@ -6,7 +6,7 @@ folders that override those defaults or work without a root (a FLARE22 download:
 or may not end in `_0000`; a subfolder of DICOM files is one case named after the folder).
 
 `discover_dataset` only lists files. What it finds wrong (bad names, duplicates, orphan labels)
-travels in `Dataset.problems`, so `organseg.validation.validate_dataset` reports it together with
+travels in `Dataset.problems`, so `organseg.dataset_checks.check_dataset` reports it together with
 what reading every file finds: the user sees every problem in one pass.
 """
 
@@ -44,17 +44,17 @@ class Dataset:
     labeled: tuple[Case, ...]  # the training set; label is None where the label map is missing
     unlabeled: tuple[Case, ...]
     test: tuple[Case, ...]  # test cases, with label when labelsTs has one
-    # Where training images and labels are expected. validate_dataset checks these folders,
+    # Where training images and labels are expected. check_dataset checks these folders,
     # since whether they are needed depends on its `require_labels`.
     images_folder: Path | None = None
     labels_folder: Path | None = None
-    problems: tuple[str, ...] = ()  # found while listing files; validate_dataset reports them
+    problems: tuple[str, ...] = ()  # found while listing files; check_dataset reports them
     warnings: tuple[str, ...] = ()
 
 
 @dataclass
 class _Notes:
-    """What listing the files found wrong; validate_dataset reports it with everything else."""
+    """What listing the files found wrong; check_dataset reports it with everything else."""
 
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -80,7 +80,7 @@ def discover_dataset(
     label_set, ending = _read_metadata(root, dataset_json, notes)
     finder = _Finder(ending, notes)
     train, train_labels = _pick(images, root, "imagesTr"), _pick(labels, root, "labelsTr")
-    seen: dict[str, Path] = {}  # case ids must be unique across training and unlabelled images
+    seen: dict[str, Path] = {}  # case ids must be unique across training and unlabeled images
     labeled = finder.pair(finder.images(*train, seen, named=False), finder.labels(*train_labels), train[0])
     unlabeled_cases = []
     for folder, strict in [(Path(path), False) for path in unlabeled or []] or _default(root, "imagesUnlabeled"):
@@ -163,8 +163,8 @@ class _Finder:
     def images(self, folder: Path | None, strict: bool, seen: dict[str, Path], named: bool) -> dict[str, Path]:
         """Case id -> image file or DICOM series folder, in name order; ids already in `seen` are duplicates.
 
-        named: a folder the user gave for unlabelled or test images, so missing or empty is a
-        problem. The training folder is checked by validate_dataset; nnU-Net's optional
+        named: a folder the user gave for unlabeled or test images, so missing or empty is a
+        problem. The training folder is checked by check_dataset; nnU-Net's optional
         default folders are often left empty.
         """
         if folder is None or not folder.is_dir():
@@ -238,6 +238,16 @@ class _Finder:
             else:
                 seen[case_id] = kept[case_id] = path
         return kept
+
+
+def folder_cases(folder: Path) -> list[Case]:
+    """The images of a folder as cases (one clear error for problems or no image)."""
+    dataset = discover_dataset(None, images=folder)
+    if dataset.problems:
+        raise InputError("\n".join(dataset.problems))
+    if not dataset.labeled:
+        raise InputError(f"{folder}: no images found; give an image file, a DICOM series folder or a folder of images")
+    return list(dataset.labeled)
 
 
 def is_dicom_series(folder: Path) -> bool:

@@ -21,19 +21,25 @@ import io
 import json
 import multiprocessing
 import os
-import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from organseg.atomic import atomic_write
 from organseg.errors import InputError
 from organseg.io import case_id, is_image_path, read_label
 from organseg.labels import FLARE22, LabelSet
-from organseg.metrics import Z_RULES, check_same_grid, default_tolerances_mm, evaluate_case, organ_volumes_ml
+from organseg.metrics import (
+    Z_RULES,
+    check_same_grid,
+    default_tolerances_mm,
+    evaluate_case,
+    finite_mean,
+    organ_volumes_ml,
+)
+from organseg.progress import progress_bar
 
 OUTPUT_NAMES = ("metrics.csv", "summary.json", "summary.md", "boxplot.png", "volumes.csv")
 
@@ -57,7 +63,6 @@ def run_evaluation(
     tolerances_mm: dict[int, float] | None = None,
     flare_z_rule: str = "inclusive",
     workers: int | None = None,
-    progress: bool = True,
 ) -> EvaluationResult:
     """Score every ground-truth case in `gt_dir` against its prediction in `pred_dir`; write to `out_dir`.
 
@@ -67,7 +72,6 @@ def run_evaluation(
         flare_z_rule: "inclusive" (default), "flare" (the official code's off-by-one) or
             "none"; see `organseg.metrics.evaluate_case`.
         workers: processes (default: CPU count; 1 runs in this process).
-        progress: a progress bar on stderr.
     Raises InputError for missing predictions (all listed), unreadable files, or a prediction
     on another voxel grid than its ground truth (both files named); nothing is written then.
     """
@@ -83,10 +87,10 @@ def run_evaluation(
         raise InputError(f"{out_dir}: exists and is not a folder; give an output folder")
     pairs, warnings = pair_cases(Path(pred_dir), Path(gt_dir))
     jobs = [(case, pred, gt, label_set, tolerances, flare_z_rule) for case, pred, gt in pairs]
-    results = _run_jobs(jobs, min(workers, len(jobs)), progress)
+    results = _run_jobs(jobs, min(workers, len(jobs)))
     rows = tuple(row for case, _, _ in pairs for row in results[case][0])
     volumes = tuple(row for case, _, _ in pairs for row in results[case][1])
-    summary = summarize(rows, label_set, tolerances, flare_z_rule)
+    summary = summarize_metrics(rows, label_set, tolerances, flare_z_rule)
     outputs = _write_outputs(out_dir, rows, volumes, summary)
     return EvaluationResult(rows, volumes, summary, outputs, tuple(warnings))
 
@@ -153,9 +157,9 @@ def evaluate_pair(
     return rows, volumes
 
 
-def _run_jobs(jobs: list[tuple], workers: int, progress: bool) -> dict[str, tuple[list[dict], list[dict]]]:
+def _run_jobs(jobs: list[tuple], workers: int) -> dict[str, tuple[list[dict], list[dict]]]:
     """Run `evaluate_pair` on every job; on failure raise one InputError with every error seen."""
-    bar = tqdm(total=len(jobs), desc="evaluating", unit="case", file=sys.stderr, disable=not progress)
+    bar = progress_bar(total=len(jobs), desc="evaluating", unit="case")
     results, errors = {}, []
     with bar:
         if workers <= 1:
@@ -182,7 +186,7 @@ def _run_jobs(jobs: list[tuple], workers: int, progress: bool) -> dict[str, tupl
     return results
 
 
-def summarize(rows: tuple[dict, ...], label_set: LabelSet, tolerances: dict[int, float], z_rule: str) -> dict:
+def summarize_metrics(rows: tuple[dict, ...], label_set: LabelSet, tolerances: dict[int, float], z_rule: str) -> dict:
     """Per-organ and overall statistics of metric rows, with the settings that produced them."""
     organs = {}
     for label, name in sorted(label_set.names):
@@ -196,7 +200,7 @@ def summarize(rows: tuple[dict, ...], label_set: LabelSet, tolerances: dict[int,
     cases = list(dict.fromkeys(row["case"] for row in rows))
     overall = {}
     for metric in ("dsc", "nsd"):
-        case_means = [_finite_mean([row[metric] for row in rows if row["case"] == case]) for case in cases]
+        case_means = [finite_mean([row[metric] for row in rows if row["case"] == case]) for case in cases]
         overall[metric] = _statistics(case_means)
     return {
         "cases": cases,
@@ -211,13 +215,8 @@ def summarize(rows: tuple[dict, ...], label_set: LabelSet, tolerances: dict[int,
     }
 
 
-def _finite_mean(values: list[float]) -> float:
-    finite = [v for v in values if np.isfinite(v)]
-    return float(np.mean(finite)) if finite else float("nan")
-
-
 def _statistics(values: list[float]) -> dict:
-    finite = np.asarray([v for v in values if np.isfinite(v)], np.float64)
+    finite = np.asarray([v for v in values if v is not None and np.isfinite(v)], np.float64)
     if finite.size == 0:
         return {"mean": None, "std": None, "median": None, "n": 0}
     return {

@@ -14,6 +14,10 @@ from pathlib import Path
 
 from organseg.errors import InputError
 
+# Label maps mark with this value the voxels whose class is unknown: a pseudo-label's
+# doubtful voxels (organseg.pseudolabel), which losses and metrics leave out.
+IGNORE_LABEL = 255
+
 FLARE22_ORGANS: tuple[str, ...] = (
     "liver",
     "right kidney",

@@ -1,28 +1,23 @@
-"""Training loss (soft Dice + cross-entropy) and the hard Dice used for validation.
+"""Training loss: soft Dice + cross-entropy.
 
 `dice_ce_loss` follows nnU-Net: per sample, cross-entropy averaged over voxels plus one minus
 the mean soft Dice over the foreground classes (background is left out: it is most of the
 volume and its Dice would be close to 1 whatever the net does). Per-sample weights let
-pseudo-labelled samples count less than labelled ones; optional class weights in the
+pseudo-labeled samples count less than labeled ones; optional class weights in the
 cross-entropy (`class_weights`) let small organs be learnt within few steps.
 
 The soft Dice never builds a one-hot target: for 14 classes at 160^3 and batch 2 that alone
 would take 460 MB. Intersections are summed with `scatter_add` on the true-class probability.
-
-`dice_per_class` is the hard Dice on label maps, numpy only, from one confusion matrix.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-# Target voxels with this value count in neither term: pseudo-labels mark with it the voxels
-# their teacher was unsure of (organseg.pseudolabel), so a student is not taught its doubts.
-IGNORE_LABEL = 255
+from organseg.labels import IGNORE_LABEL
 
 
 def dice_ce_loss(
@@ -159,34 +154,3 @@ def _check_shapes(logits: torch.Tensor, target: torch.Tensor) -> None:
         )
     if target.dtype.is_floating_point:
         raise ValueError(f"target must hold integer class indices, got {target.dtype}")
-
-
-def dice_per_class(prediction: np.ndarray, target: np.ndarray, labels: Sequence[int]) -> dict[int, float]:
-    """Hard Dice of each label between two label maps, FLARE convention.
-
-    Args:
-        prediction, target: (X, Y, Z) non-negative integer label maps of the same shape.
-        labels: the label ids to score.
-
-    Returns {label: Dice}; a label absent from both maps scores 1.0, one absent from the
-    target but present in the prediction scores 0.0.
-    """
-    prediction, target = np.asarray(prediction), np.asarray(target)
-    if prediction.shape != target.shape:
-        raise ValueError(f"prediction and target shapes differ: {prediction.shape} vs {target.shape}")
-    if not (np.issubdtype(prediction.dtype, np.integer) and np.issubdtype(target.dtype, np.integer)):
-        raise ValueError(f"label maps must be integer arrays, got {prediction.dtype} and {target.dtype}")
-    labels = [int(label) for label in labels]
-    if any(label < 0 for label in labels) or (prediction.size and min(prediction.min(), target.min()) < 0):
-        raise ValueError("label ids must be non-negative")
-    # Values above the largest label scored all fall into one extra bin: the matrix stays small.
-    bins = max(labels, default=0) + 2
-    truth = np.minimum(target.ravel(), bins - 1).astype(np.int64)
-    guess = np.minimum(prediction.ravel(), bins - 1).astype(np.int64)
-    confusion = np.bincount(truth * bins + guess, minlength=bins * bins).reshape(bins, bins)
-    scores = {}
-    for label in labels:
-        overlap, in_target, in_prediction = confusion[label, label], confusion[label].sum(), confusion[:, label].sum()
-        total = in_target + in_prediction
-        scores[label] = 1.0 if total == 0 else float(2 * overlap / total)
-    return scores

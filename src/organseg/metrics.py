@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -299,3 +300,50 @@ def _scoring_box(gt_box: tuple[slice, ...], pred_box: tuple[slice, ...] | None, 
             return None
         box[z_axis] = slice(gt_box[z_axis].start, stop)
     return tuple(box)
+
+
+def dice_per_class(prediction: np.ndarray, target: np.ndarray, labels: Sequence[int]) -> dict[int, float]:
+    """Hard Dice of each label between two label maps, FLARE convention.
+
+    Args:
+        prediction, target: (X, Y, Z) non-negative integer label maps of the same shape.
+        labels: the label ids to score.
+
+    Returns {label: Dice}; a label absent from both maps scores 1.0, one absent from the
+    target but present in the prediction scores 0.0.
+    """
+    prediction, target = np.asarray(prediction), np.asarray(target)
+    if prediction.shape != target.shape:
+        raise ValueError(f"prediction and target shapes differ: {prediction.shape} vs {target.shape}")
+    if not (np.issubdtype(prediction.dtype, np.integer) and np.issubdtype(target.dtype, np.integer)):
+        raise ValueError(f"label maps must be integer arrays, got {prediction.dtype} and {target.dtype}")
+    labels = [int(label) for label in labels]
+    if any(label < 0 for label in labels) or (prediction.size and min(prediction.min(), target.min()) < 0):
+        raise ValueError("label ids must be non-negative")
+    # Values above the largest label scored all fall into one extra bin: the matrix stays small.
+    bins = max(labels, default=0) + 2
+    truth = np.minimum(target.ravel(), bins - 1).astype(np.int64)
+    guess = np.minimum(prediction.ravel(), bins - 1).astype(np.int64)
+    confusion = np.bincount(truth * bins + guess, minlength=bins * bins).reshape(bins, bins)
+    scores = {}
+    for label in labels:
+        overlap, in_target, in_prediction = confusion[label, label], confusion[label].sum(), confusion[:, label].sum()
+        total = in_target + in_prediction
+        scores[label] = 1.0 if total == 0 else float(2 * overlap / total)
+    return scores
+
+
+def mean_dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean Dice over the labels present in either map (1 when both are empty)."""
+    present = np.union1d(np.unique(a), np.unique(b))
+    present = present[present > 0]
+    if present.size == 0:
+        return 1.0
+    scores = dice_per_class(np.asarray(a), np.asarray(b), [int(label) for label in present])
+    return float(np.mean(list(scores.values())))
+
+
+def finite_mean(values: list[float | None]) -> float | None:
+    """The mean of the finite values; None when there are none."""
+    finite = [value for value in values if value is not None and np.isfinite(value)]
+    return float(np.mean(finite)) if finite else None

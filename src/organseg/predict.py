@@ -14,23 +14,24 @@ maps of its own cases, and its profile as profile.shard-I-of-N.csv/.json.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from organseg.atomic import split_suffix
 from organseg.cascade import Segmenter
-from organseg.dataset import Case, discover_dataset, is_dicom_series
+from organseg.dataset import Case, folder_cases, is_dicom_series
 from organseg.device import resolve_device
 from organseg.errors import InputError
 from organseg.io import Volume, case_id, is_image_path, read_image, write_label
 from organseg.memory import release_free_memory
 from organseg.profiling import Profiler, write_profile
+from organseg.progress import progress_bar
 from organseg.shards import WHOLE, Shard
 
+log = logging.getLogger(__name__)
 OUTPUT_SUFFIX = ".nii.gz"
 
 
@@ -39,7 +40,6 @@ def run_prediction(
     source: Path,
     output: Path,
     device: str = "auto",
-    progress: bool = True,
     profile: bool = False,
     shard: Shard = WHOLE,
 ) -> list[Path]:
@@ -55,7 +55,7 @@ def run_prediction(
     load_s = time.perf_counter() - loading
     profiler = Profiler.for_device(resolve_device(device)) if profile else None
     written = []
-    for case, target in tqdm(jobs, desc="predicting", unit="case", disable=not progress):
+    for case, target in progress_bar(jobs, desc="predicting", unit="case"):
         with profiler.case(case.case_id) if profiler else contextlib.nullcontext():
             with segmenter.clock.phase("read"):
                 image = read_image(case.image)
@@ -79,7 +79,7 @@ def _segment(segmenter: Segmenter, image: Volume, path: Path) -> Volume:
     low, high = image.array.min(), image.array.max()
     if low == high:
         message = f"{path}: image is constant ({low:g} everywhere), so it shows no organs; writing an empty label map"
-        warnings.warn(message, stacklevel=2)
+        log.warning(message)
         return Volume(np.zeros(image.array.shape, np.uint8), image.geometry)
     return segmenter.predict(image)
 
@@ -116,16 +116,6 @@ def _jobs(source: Path, output: Path, shard: Shard) -> list[tuple[Case, Path]]:
     output.mkdir(parents=True, exist_ok=True)
     pairs = [(case, output / f"{case.case_id}{OUTPUT_SUFFIX}") for case in cases]
     return [(case, target) for case, target in pairs if not target.exists()]
-
-
-def folder_cases(folder: Path) -> list[Case]:
-    """The images of a folder as cases (one clear error for problems or no image)."""
-    dataset = discover_dataset(None, images=folder)
-    if dataset.problems:
-        raise InputError("\n".join(dataset.problems))
-    if not dataset.labeled:
-        raise InputError(f"{folder}: no images found; give an image file, a DICOM series folder or a folder of images")
-    return list(dataset.labeled)
 
 
 def _case_id(path: Path) -> str:

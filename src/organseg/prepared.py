@@ -19,17 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from organseg.atomic import atomic_write
+from organseg.atomic import atomic_write, write_text
 from organseg.config import Config
 from organseg.dataset import Case
 from organseg.io import read_image, read_label
-from organseg.losses import IGNORE_LABEL
+from organseg.labels import IGNORE_LABEL
 from organseg.preprocess.crop import Box, bounding_box
 from organseg.preprocess.normalize import ct_statistics, normalize_ct
 from organseg.preprocess.orientation import canonical_transform
 from organseg.preprocess.resample import resample_image, resample_labels
+from organseg.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -46,17 +46,15 @@ class PreparedCase:
     grid1_image: np.ndarray  # (G1...) float16, normalised
     grid1_labels: np.ndarray  # (G1...)
     weight: float = 1.0  # loss weight of this case's samples (pseudo-labels weigh less)
-    pseudo: bool = False  # labelled by a model, not a person
+    pseudo: bool = False  # labeled by a model, not a person
 
 
-def prepare_cases(
-    cases: list[Case], cache_dir: Path, config: Config, progress: bool = True, pseudo: bool = False
-) -> list[PreparedCase]:
-    """Prepare (or reuse from `cache_dir`) every case; `pseudo` marks pseudo-labelled ones."""
+def prepare_cases(cases: list[Case], cache_dir: Path, config: Config, pseudo: bool = False) -> list[PreparedCase]:
+    """Prepare (or reuse from `cache_dir`) every case; `pseudo` marks pseudo-labeled ones."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     settings = _settings(config)
     prepared = []
-    for case in tqdm(cases, desc="preparing cases", unit="case", disable=not progress):
+    for case in progress_bar(cases, desc="preparing cases", unit="case"):
         meta_path = cache_dir / f"{case.case_id}.json"
         if not _is_current(meta_path, settings, case):
             _write_case(case, cache_dir, config, settings)
@@ -115,8 +113,7 @@ def _write_case(case: Case, cache_dir: Path, config: Config, settings: dict) -> 
         "organ_box": [list(box.start), list(box.stop)],
     }
     # The json is written last: its presence says the case is complete.
-    with atomic_write(cache_dir / f"{case.case_id}.json") as temporary:
-        temporary.write_text(json.dumps(meta))
+    write_text(cache_dir / f"{case.case_id}.json", json.dumps(meta))
 
 
 def _load_case(cache_dir: Path, case_id: str, weight: float, pseudo: bool) -> PreparedCase:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import psutil
 
-from organseg.atomic import atomic_write
+from organseg.atomic import write_json, write_text
 from organseg.errors import InputError
 from organseg.phases import PREDICT_PHASES
 
@@ -201,7 +200,7 @@ def case_row(case_id: str, wall_s: float, samples: Samples, gpu_peak_mb: float |
     return row
 
 
-def summarize(rows: list[dict]) -> dict:
+def summarize_profile(rows: list[dict]) -> dict:
     """Median and maximum of every numeric column over the cases (None where no case has a value)."""
     summary: dict = {"cases": len(rows), "median": {}, "max": {}}
     for column in NUMERIC_COLUMNS:
@@ -239,15 +238,13 @@ def write_profile(rows: list[dict], csv_path: Path, json_path: Path, settings: d
     writer.writeheader()
     writer.writerows({key: _cell(row.get(key)) for key in COLUMNS} for row in rows)
     summary = {
-        **summarize(rows),
+        **summarize_profile(rows),
         "sample_interval_s": SAMPLE_INTERVAL_S,
         "gpu_memory_floor_mb": GPU_MEMORY_FLOOR_MB,
         **(settings or {}),
     }
-    with atomic_write(csv_path) as temporary:
-        temporary.write_text(buffer.getvalue())
-    with atomic_write(json_path) as temporary:
-        temporary.write_text(json.dumps(summary, indent=2) + "\n")
+    write_text(csv_path, buffer.getvalue())
+    write_json(json_path, summary)
 
 
 def _cell(value) -> str | int:

@@ -1,4 +1,4 @@
-"""Pseudo-labels: a trained cascade on unlabelled images, cleaned, scored and filtered.
+"""Pseudo-labels: a trained cascade on unlabeled images, cleaned, scored and filtered.
 
 `organseg pseudo-label RUN_DIR IMAGES_DIR OUT_DIR` writes into OUT_DIR:
 
@@ -42,20 +42,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from organseg.atomic import append_line, atomic_write, create_once, sweep_partials
-from organseg.cascade import Segmenter, mean_dice
+from organseg.atomic import append_line, create_once, read_jsonl, sweep_partials, write_json, write_text
+from organseg.cascade import Segmenter
 from organseg.config import SelfTrainingConfig
-from organseg.dataset import Case
+from organseg.dataset import Case, folder_cases
 from organseg.errors import InputError
 from organseg.io import Volume, read_image, read_label, write_label
-from organseg.labels import LabelSet
-from organseg.losses import IGNORE_LABEL
+from organseg.labels import IGNORE_LABEL, LabelSet
 from organseg.memory import release_free_memory
-from organseg.metrics import organ_volumes_ml
+from organseg.metrics import mean_dice, organ_volumes_ml
 from organseg.postprocess import fill_holes, keep_largest_component, remove_small_components
-from organseg.predict import folder_cases
+from organseg.progress import progress_bar
 from organseg.shards import WHOLE, Shard
 
 LABEL_SUFFIX = ".nii.gz"
@@ -77,21 +75,20 @@ class PseudoLabel:
     reason: str  # why it was rejected ("" when kept)
 
 
-def run_pseudo_labelling(
+def run_pseudo_labeling(
     run_dir: Path,
     images: Path | list[Case],
     out_dir: Path,
     settings: SelfTrainingConfig | None = None,
     previous_dir: Path | None = None,
     device: str = "auto",
-    progress: bool = True,
     shard: Shard = WHOLE,
 ) -> list[PseudoLabel] | None:
     """Pseudo-label every image (a folder or a list of cases) with the run's model; returns the manifest.
 
     `settings` defaults to the run's own `ssl` settings. `previous_dir` holds the previous
     round's pseudo-labels, whose agreement then joins the quality score. With `shard`,
-    only that shard's cases are labelled; None is returned while other shards still have
+    only that shard's cases are labeled; None is returned while other shards still have
     cases to finish (the manifest is then theirs to write).
     """
     out_dir = Path(out_dir)
@@ -106,7 +103,7 @@ def run_pseudo_labelling(
     done = read_scores(out_dir)
     todo = [case for case in mine if not _finished(out_dir, case, done)]
     scores = scores_path(out_dir, shard)
-    for case in tqdm(todo, desc="pseudo-labelling", unit="case", disable=not progress):
+    for case in progress_bar(todo, desc="pseudo-labeling", unit="case"):
         _pseudo_label_case(segmenter, case, out_dir, settings, previous_dir, scores)
         release_free_memory()  # flat over thousands of cases (organseg.memory)
     done = read_scores(out_dir)  # with the rows other workers appended meanwhile
@@ -122,7 +119,7 @@ def _finished(out_dir: Path, case: Case, done: dict[str, dict]) -> bool:
 
 def _image_cases(folder: Path) -> list[Case]:
     if not folder.is_dir():
-        raise InputError(f"{folder}: no such folder; give the folder of unlabelled images")
+        raise InputError(f"{folder}: no such folder; give the folder of unlabeled images")
     return folder_cases(folder)
 
 
@@ -209,12 +206,7 @@ def read_scores(out_dir: Path) -> dict[str, dict]:
     """The finished cases' rows, by case id, from all scores files (the last row wins, the newest file last)."""
     rows = {}
     for path in scores_files(out_dir):
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            rows[row["case"]] = row
+        rows.update((row["case"], row) for row in read_jsonl(path))
     return rows
 
 
@@ -254,10 +246,8 @@ def write_manifest(
     ]
     records = [{**row, "kept": kept, "reason": reason} for row, (kept, reason) in zip(rows, decisions)]
     rule = {"filter": settings.filter, "min_score": settings.min_score, "keep_fraction": settings.keep_fraction}
-    with atomic_write(out_dir / "manifest.json") as temporary:
-        temporary.write_text(json.dumps({"rule": rule, "cases": records}, indent=2) + "\n")
-    with atomic_write(out_dir / MANIFEST) as temporary:
-        temporary.write_text(_manifest_csv(records, label_set))
+    write_json(out_dir / "manifest.json", {"rule": rule, "cases": records})
+    write_text(out_dir / MANIFEST, _manifest_csv(records, label_set))
     return manifest
 
 

@@ -1,201 +1,171 @@
-"""Pictures for people: label overlays on CT."""
+"""`organseg report`: a visual quality-assurance report of a folder of predicted label maps.
+
+OUT_DIR/
+  index.html               organ colours, the cases, metrics per organ, volumes, training curves
+  cases/{case}.html        one page per case: its pictures and a table per organ
+  cases/{case}.png         axial, coronal and sagittal planes through the organs, prediction over the CT
+  cases/{case}_vs_gt.png   prediction above ground truth on the same planes (with ground truth)
+  evaluation/              `organseg evaluate`'s files (with ground truth)
+  run/                     the run's training curves (with a run folder)
+
+The pages are plain HTML and CSS that link only to these files, so the folder reads offline
+and can be copied elsewhere whole. Every text shown is escaped. Each file is written
+atomically and index.html last: a folder without index.html holds an unfinished report.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
 
-from organseg.atomic import atomic_write
-from organseg.io import Volume
+from organseg.atomic import atomic_write, read_jsonl, write_text
+from organseg.dataset import discover_dataset
+from organseg.errors import InputError
+from organseg.evaluate import EvaluationResult, label_files, run_evaluation
+from organseg.io import Volume, read_image, read_label
 from organseg.labels import FLARE22, LabelSet
-from organseg.preprocess.crop import bounding_box
-from organseg.preprocess.orientation import canonical_transform
+from organseg.metrics import organ_volumes_ml
+from organseg.pictures import save_comparison_png, save_overlay_png
+from organseg.progress import progress_bar
+from organseg.report_html import CaseResult, ReportCase, StageLog, case_html, case_page, index_html
 
-# Soft-tissue CT window (HU): abdominal organs are told apart inside it.
-CT_WINDOW_HU = (-160.0, 240.0)
-OVERLAY_ALPHA = 0.45
-# One fixed colour per label id 1..13 (FLARE22 order), reused cyclically for larger ids.
-PALETTE = (
-    "#e6194b",  # liver
-    "#3cb44b",  # right kidney
-    "#4363d8",  # spleen
-    "#ffe119",  # pancreas
-    "#f58231",  # aorta
-    "#911eb4",  # inferior vena cava
-    "#46f0f0",  # right adrenal gland
-    "#f032e6",  # left adrenal gland
-    "#bcf60c",  # gallbladder
-    "#fabebe",  # esophagus
-    "#008080",  # stomach
-    "#e6beff",  # duodenum
-    "#aaffc3",  # left kidney
-)
+log = logging.getLogger(__name__)
+STAGES = ("stage1", "stage2")
+LOG_ROWS = 5  # last rows of each stage's training log shown
+BLANK_HU = -1000.0  # the background drawn under label maps when no CT is given: air, black in the window
 
 
-def save_overlay_png(
-    image: Volume, labels: Volume | None, path: Path, label_set: LabelSet = FLARE22, title: str | None = None
-) -> None:
-    """Draw axial, coronal and sagittal planes through the labelled organs' centre, written atomically as PNG.
-
-    Planes are shown in radiological convention whatever the header orientation: the
-    patient's right on the image's left, anterior up in the axial plane, superior up in
-    the others, with the physical aspect ratio of the voxels.
+def run_report(
+    pred_dir: Path,
+    out_dir: Path,
+    images_dir: Path | None = None,
+    gt_dir: Path | None = None,
+    run_dir: Path | None = None,
+    label_set: LabelSet | None = None,
+    workers: int | None = None,
+) -> Path:
+    """Write the report of the label maps in `pred_dir` into `out_dir`; returns index.html.
 
     Args:
-        image: CT volume in HU.
-        labels: label map on the same grid as `image`, or None for the CT alone.
-        path: PNG file to write; its folder must exist.
-        label_set: names of the label ids for the legend.
-        title: text above the pictures.
+        images_dir: the CT images predicted (matched by case id); without them labels are drawn on black.
+        gt_dir: ground-truth label maps: adds DSC and NSD (`run_evaluation`) and comparison pictures.
+        run_dir: the training run: adds its curves and the last rows of its logs.
+        label_set: organ names (default: the run's labels.json, else FLARE22's 13 organs).
+        workers: processes for the evaluation (default: all cores).
+    Raises InputError (naming the folder or file) before anything is written for missing
+    folders, a folder without label maps, or a run folder without trained stages.
     """
-    from matplotlib.figure import Figure
-
-    if labels is not None and labels.geometry.shape != image.geometry.shape:
-        raise ValueError(f"label map shape {labels.geometry.shape} does not match image shape {image.geometry.shape}")
-    transform = canonical_transform(image.geometry)
-    ct = transform.apply(image.array)
-    label_map = transform.apply(labels.array) if labels is not None else np.zeros(ct.shape, np.uint8)
-    spacing = transform.apply_geometry(image.geometry).spacing_mm
-    centre = _centre(label_map)
-    panels = _planes(ct, label_map, spacing, centre)
-    widths = [panel[3] for panel in panels]
-    figure = Figure(figsize=(12, 12 * max(panel[4] for panel in panels) / sum(widths) + 1.4), dpi=120)
-    grid = figure.add_gridspec(1, 3, width_ratios=widths, left=0.01, right=0.99, top=0.9, bottom=0.14, wspace=0.04)
-    for column, (name, ct_plane, label_plane, width_mm, height_mm, marks) in enumerate(panels):
-        axes = figure.add_subplot(grid[0, column])
-        axes.imshow(
-            ct_plane, cmap="gray", vmin=CT_WINDOW_HU[0], vmax=CT_WINDOW_HU[1], extent=(0, width_mm, height_mm, 0)
-        )
-        axes.imshow(_colour(label_plane), extent=(0, width_mm, height_mm, 0), interpolation="nearest")
-        axes.set_title(name, fontsize=11)
-        axes.set_axis_off()
-        for text, (u, v) in zip(marks, ((0.02, 0.5), (0.98, 0.5), (0.5, 0.98), (0.5, 0.02))):
-            axes.text(u, v, text, transform=axes.transAxes, color="yellow", ha="center", va="center", fontsize=10)
-    _legend(figure, [panel[2] for panel in panels], label_set)
-    if title:
-        figure.suptitle(title, fontsize=12)
-    with atomic_write(path) as temporary:
-        figure.savefig(temporary, format="png")
+    pred_dir, out_dir = Path(pred_dir), Path(out_dir)
+    cases = find_cases(pred_dir, images_dir, gt_dir)
+    run_labels = _run_labels(Path(run_dir)) if run_dir is not None else None  # also checks it is a run
+    label_set = label_set or run_labels or FLARE22
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: exists and is not a folder; give an output folder")
+    evaluation = None
+    if gt_dir is not None:  # first: it checks every pair (and writes nothing) before anything is drawn
+        evaluation = run_evaluation(pred_dir, gt_dir, out_dir / "evaluation", label_set, workers=workers)
+        for message in evaluation.warnings:
+            log.warning(message)
+    (out_dir / "cases").mkdir(parents=True, exist_ok=True)
+    results = [_draw_case(case, out_dir, label_set) for case in progress_bar(cases, desc="drawing")]
+    _add_scores(results, evaluation)
+    stages = _copy_run(Path(run_dir), out_dir) if run_dir is not None else []
+    for index, result in enumerate(results):
+        neighbours = (results[index - 1] if index else None, results[index + 1] if index + 1 < len(results) else None)
+        write_text(out_dir / case_page(result.case.case_id), case_html(result, label_set, neighbours))
+    sources = {"predictions": pred_dir, "images": images_dir, "ground truth": gt_dir, "run": run_dir}
+    index = out_dir / "index.html"
+    write_text(index, index_html(results, label_set, evaluation, stages, sources))
+    return index
 
 
-def _centre(label_map: np.ndarray) -> tuple[int, int, int]:
-    """Voxel index at the centre of the labelled organs' bounding box, or of the volume when there are none.
-
-    The box centre rather than the centroid: the large liver would pull the centroid away
-    from the kidneys and the pancreas.
-    """
-    box = bounding_box(label_map > 0, spacing_mm=(1.0, 1.0, 1.0))
-    if box is None:
-        return tuple(n // 2 for n in label_map.shape)
-    return tuple((start + stop - 1) // 2 for start, stop in zip(box.start, box.stop))
+def find_cases(pred_dir: Path, images_dir: Path | None = None, gt_dir: Path | None = None) -> list[ReportCase]:
+    """The predicted label maps of `pred_dir` with their images and ground truth, by case id."""
+    predictions = label_files(Path(pred_dir), "prediction")
+    if not predictions:
+        raise InputError(f"{pred_dir}: no label map files found; give the folder organseg predict wrote")
+    images = _images(Path(images_dir)) if images_dir is not None else {}
+    truths = label_files(Path(gt_dir), "ground-truth") if gt_dir is not None else {}
+    return [ReportCase(case, path, images.get(case), truths.get(case)) for case, path in predictions.items()]
 
 
-def _planes(ct: np.ndarray, label_map: np.ndarray, spacing, centre):
-    """(name, CT, labels, width mm, height mm, side marks) per view; arrays are canonical [L, P, S]."""
-    i, j, k = centre
-    n = ct.shape
-    # Rows run down the picture: posterior (j) in the axial view, inferior (-k) in the others.
-    return [
-        ("axial", ct[:, :, k].T, label_map[:, :, k].T, n[0] * spacing[0], n[1] * spacing[1], "RLAP"),
-        ("coronal", ct[:, j, ::-1].T, label_map[:, j, ::-1].T, n[0] * spacing[0], n[2] * spacing[2], "RLSI"),
-        ("sagittal", ct[i, :, ::-1].T, label_map[i, :, ::-1].T, n[1] * spacing[1], n[2] * spacing[2], "APSI"),
-    ]
+def _images(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise InputError(f"{folder}: image folder not found; give the folder of CT images that was predicted")
+    dataset = discover_dataset(None, images=folder)
+    if dataset.problems:
+        raise InputError(dataset.problems[0])
+    return {case.case_id: case.image for case in dataset.labeled}
 
 
-def _colour(label_plane: np.ndarray) -> np.ndarray:
-    """RGBA picture of a label plane: palette colours, transparent background."""
-    from matplotlib.colors import to_rgba
-
-    table = np.array([(0, 0, 0, 0)] + [to_rgba(c, OVERLAY_ALPHA) for c in PALETTE])
-    ids = np.where(label_plane > 0, (label_plane.astype(np.int64) - 1) % len(PALETTE) + 1, 0)
-    return table[ids]
-
-
-def _legend(figure, label_planes: list[np.ndarray], label_set: LabelSet) -> None:
-    """A legend of the organs that appear in the drawn planes."""
-    from matplotlib.patches import Patch
-
-    present = sorted({int(v) for plane in label_planes for v in np.unique(plane) if v > 0})
-    handles = [Patch(color=PALETTE[(v - 1) % len(PALETTE)], label=_name(label_set, v)) for v in present]
-    if handles:
-        figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), fontsize=9, frameon=False)
-
-
-def _name(label_set: LabelSet, label: int) -> str:
+def _run_labels(run_dir: Path) -> LabelSet:
+    """The label set a run was trained with; InputError unless `run_dir` holds a trained stage."""
+    if not any((run_dir / stage / "log.jsonl").is_file() for stage in STAGES):
+        raise InputError(f"{run_dir}: not a training run (no stage1/ or stage2/ log.jsonl); give the RUN_DIR of train")
+    labels = run_dir / "labels.json"
+    if not labels.is_file():
+        return FLARE22
     try:
-        return label_set.name(label)
-    except KeyError:
-        return f"label {label}"
+        return LabelSet.from_mapping(json.loads(labels.read_text()), source=str(labels))
+    except json.JSONDecodeError as error:
+        raise InputError(f"{labels}: not valid JSON ({error}); restore it from a checkpoint") from None
 
 
-def save_training_curve(rows: list[dict], path: Path, title: str | None = None) -> None:
-    """Training loss and validation Dice per epoch, from the rows of a stage's log.jsonl; atomic PNG."""
-    from matplotlib.figure import Figure
+def _draw_case(case: ReportCase, out_dir: Path, label_set: LabelSet) -> CaseResult:
+    """Read a case, draw its pictures and measure its organ volumes."""
+    prediction = read_label(case.prediction)
+    notes = []
+    if case.image is not None:
+        image = read_image(case.image)
+        found = prediction.geometry.differences(image.geometry)
+        if found:
+            raise InputError(
+                f"{case.prediction}: not on the grid of its image {case.image} ({'; '.join(found)}); predict it again"
+            )
+    else:
+        image = Volume(np.full(prediction.geometry.shape, BLANK_HU, np.float32), prediction.geometry)
+        notes.append("no CT image given: labels drawn on black")
+    overlay = f"cases/{case.case_id}.png"
+    save_overlay_png(image, prediction, out_dir / overlay, label_set, title=case.case_id)
+    comparison, gt_volumes = None, None
+    if case.ground_truth is not None:
+        truth = read_label(case.ground_truth)
+        comparison = f"cases/{case.case_id}_vs_gt.png"
+        save_comparison_png(image, prediction, truth, out_dir / comparison, label_set, title=case.case_id)
+        gt_volumes = organ_volumes_ml(truth, label_set)
+    else:
+        notes.append("no ground truth for this case")
+    counts = np.bincount(np.asarray(prediction.array).ravel(order="K"))
+    unknown = sorted(set(np.flatnonzero(counts).tolist()) - {0, *label_set.ids})
+    if unknown:
+        notes.append(f"label values not in the label set: {unknown}")
+    return CaseResult(case, overlay, comparison, organ_volumes_ml(prediction, label_set), gt_volumes, notes=notes)
 
-    figure = Figure(figsize=(7, 4), dpi=100)
-    loss_axes = figure.add_subplot(1, 1, 1)
-    epochs = [row["epoch"] for row in rows]
-    loss_axes.plot(epochs, [row["loss"] for row in rows], color="#4363d8", label="training loss (Dice + CE)")
-    loss_axes.set_xlabel("epoch")
-    loss_axes.set_ylabel("loss")
-    validated = [row for row in rows if "val_dice" in row]
-    if validated:
-        dice_axes = loss_axes.twinx()
-        dice_axes.plot([r["epoch"] for r in validated], [r["val_dice"] for r in validated], "o-", color="#e6194b")
-        dice_axes.set_ylabel("validation Dice", color="#e6194b")
-        dice_axes.set_ylim(0, 1)
-    if title:
-        loss_axes.set_title(title)
-    figure.tight_layout()
-    with atomic_write(path) as temporary:
-        figure.savefig(temporary, format="png")
+
+def _add_scores(results: list[CaseResult], evaluation: EvaluationResult | None) -> None:
+    if evaluation is None:
+        return
+    by_case = {result.case.case_id: result for result in results}
+    for row in evaluation.rows:
+        by_case[row["case"]].scores[row["label"]] = (row["dsc"], row["nsd"])
 
 
-def save_comparison_png(
-    image: Volume,
-    prediction: Volume,
-    ground_truth: Volume,
-    path: Path,
-    label_set: LabelSet = FLARE22,
-    title: str | None = None,
-) -> None:
-    """Prediction (top row) and ground truth (bottom row) on the same three planes of the CT; atomic PNG.
-
-    The planes pass through the centre of both label maps together, so a missed or extra
-    organ shows in the same picture as its counterpart. Conventions as `save_overlay_png`.
-    """
-    from matplotlib.figure import Figure
-
-    for name, labels in (("prediction", prediction), ("ground truth", ground_truth)):
-        if labels.geometry.shape != image.geometry.shape:
-            raise ValueError(f"{name} shape {labels.geometry.shape} does not match image shape {image.geometry.shape}")
-    transform = canonical_transform(image.geometry)
-    ct = transform.apply(image.array)
-    maps = [transform.apply(prediction.array), transform.apply(ground_truth.array)]
-    spacing = transform.apply_geometry(image.geometry).spacing_mm
-    centre = _centre(((maps[0] > 0) | (maps[1] > 0)).astype(np.uint8))
-    rows = [_planes(ct, label_map, spacing, centre) for label_map in maps]
-    widths = [panel[3] for panel in rows[0]]
-    height = max(panel[4] for panel in rows[0])
-    figure = Figure(figsize=(12, 2 * 12 * height / sum(widths) + 1.8), dpi=120)
-    grid = figure.add_gridspec(2, 3, width_ratios=widths, left=0.05, right=0.99, top=0.92, bottom=0.1, wspace=0.04)
-    for row, (row_name, panels) in enumerate(zip(("prediction", "ground truth"), rows)):
-        for column, (name, ct_plane, label_plane, width_mm, height_mm, marks) in enumerate(panels):
-            axes = figure.add_subplot(grid[row, column])
-            extent = (0, width_mm, height_mm, 0)
-            axes.imshow(ct_plane, cmap="gray", vmin=CT_WINDOW_HU[0], vmax=CT_WINDOW_HU[1], extent=extent)
-            axes.imshow(_colour(label_plane), extent=extent, interpolation="nearest")
-            for text, (u, v) in zip(marks, ((0.02, 0.5), (0.98, 0.5), (0.5, 0.98), (0.5, 0.02))):
-                axes.text(u, v, text, transform=axes.transAxes, color="yellow", ha="center", va="center", fontsize=10)
-            axes.set_xticks([])
-            axes.set_yticks([])
-            if row == 0:
-                axes.set_title(name, fontsize=11)
-            if column == 0:
-                axes.set_ylabel(row_name, fontsize=11)
-    _legend(figure, [panel[2] for panels in rows for panel in panels], label_set)
-    if title:
-        figure.suptitle(title, fontsize=12)
-    with atomic_write(path) as temporary:
-        figure.savefig(temporary, format="png")
+def _copy_run(run_dir: Path, out_dir: Path) -> list[StageLog]:
+    """Copy each stage's curve.png into OUT_DIR/run/ and read the last rows of its log."""
+    (out_dir / "run").mkdir(exist_ok=True)
+    stages = []
+    for stage in STAGES:
+        log = run_dir / stage / "log.jsonl"
+        if not log.is_file():
+            continue
+        curve = None
+        if (run_dir / stage / "curve.png").is_file():
+            curve = f"run/{stage}_curve.png"
+            with atomic_write(out_dir / curve) as temporary:
+                shutil.copyfile(run_dir / stage / "curve.png", temporary)
+        stages.append(StageLog(stage, curve, tuple(read_jsonl(log)[-LOG_ROWS:])))
+    return stages

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from organseg.config import Config
-from organseg.losses import IGNORE_LABEL
+from organseg.labels import IGNORE_LABEL
 from organseg.prepared import PreparedCase
-from organseg.preprocess.crop import Box, crop
+from organseg.preprocess.crop import Box, crop, grow_box
 from organseg.preprocess.normalize import normalize_ct
 from organseg.preprocess.resample import resample_image, resample_labels
 
@@ -50,23 +50,3 @@ def region_sample(case: PreparedCase, box: Box, config: Config) -> tuple[torch.T
     image = resample_image(normalized, grid)[None]
     labels = resample_labels(np.ascontiguousarray(crop(case.labels, box)), grid, config.label_resampling)
     return image, labels.long()
-
-
-def grow_box(
-    box: Box,
-    spacing_mm: tuple[float, float, float],
-    margins_mm: np.ndarray,
-    shift_mm: np.ndarray,
-    shape: tuple[int, int, int],
-) -> Box:
-    """`box` grown by margins_mm[0] below and margins_mm[1] above on each axis, moved by shift_mm, clipped.
-
-    A box shifted out of the volume keeps at least one voxel, so it never comes back empty.
-    """
-    spacing = np.asarray(spacing_mm)
-    start = np.asarray(box.start) - np.ceil(margins_mm[0] / spacing) + np.round(shift_mm / spacing)
-    stop = np.asarray(box.stop) + np.ceil(margins_mm[1] / spacing) + np.round(shift_mm / spacing)
-    upper = np.asarray(shape)
-    start = np.clip(start, 0, upper - 1).astype(int)
-    stop = np.clip(stop, start + 1, upper).astype(int)
-    return Box(tuple(start), tuple(stop))

@@ -2,119 +2,109 @@
 
 RUN_DIR/
   config.json         the settings of every round
-  cache/              the labelled cases, prepared once for all rounds
-  round0/             the teacher, trained on the labelled cases alone (full supervision)
-  round1/pseudo/      round 0's pseudo-labels of the unlabelled images, with their manifest
-  round1/             the student, from scratch on the labelled + kept pseudo-labelled cases
+  cache/              the labeled cases, prepared once for all rounds
+  round0/             the teacher, trained on the labeled cases alone (full supervision)
+  round1/pseudo/      round 0's pseudo-labels of the unlabeled images, with their manifest
+  round1/             the student, from scratch on the labeled + kept pseudo-labeled cases
   round2/ ...         the same with round 1 as the teacher (`ssl.rounds`)
   rounds.json         per round: validation DSC and NSD per organ, pseudo-labels kept
   rounds.md           the same as a table: full supervision against every round
 
 Every round folder is a complete run for `organseg predict`. All rounds validate on the
-same held-out labelled cases, so their figures compare. `--resume` continues where a run
-stopped: finished rounds are kept, an interrupted training or pseudo-labelling goes on.
+same held-out labeled cases, so their figures compare. `--resume` continues where a run
+stopped: finished rounds are kept, an interrupted training or pseudo-labeling goes on.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
-import numpy as np
-
-from organseg.atomic import atomic_write
+from organseg.atomic import write_json, write_text
 from organseg.cascade import Segmenter
-from organseg.config import Config, from_dict, save_config
+from organseg.config import Config, load_config, save_config
 from organseg.dataset import Case, Dataset
+from organseg.dataset_checks import check_dataset, describe_dataset
 from organseg.errors import InputError
 from organseg.io import read_image, read_label
 from organseg.labels import LabelSet
-from organseg.metrics import evaluate_case
-from organseg.pseudolabel import run_pseudo_labelling
-from organseg.runs import run_training
+from organseg.metrics import evaluate_case, finite_mean
+from organseg.pseudolabel import run_pseudo_labeling
+from organseg.runs import TrainingInputs, choose_split, run_training
+
+log = logging.getLogger(__name__)
 
 
 def round_dir(run_dir: Path, index: int) -> Path:
     return Path(run_dir) / f"round{index}"
 
 
-def run_ssl(
-    dataset: Dataset,
-    run_dir: Path,
-    config: Config | None,
-    device: str = "auto",
-    resume: bool = False,
-    progress: bool = True,
-) -> dict:
-    """Teacher, then `config.ssl.rounds` students; returns the content of rounds.json."""
+def run_ssl(dataset: Dataset, run_dir: Path, config: Config | None, device: str = "auto") -> dict:
+    """Teacher, then `config.ssl.rounds` students; returns the content of rounds.json.
+
+    `config` None resumes the run where it stopped, with its saved settings.
+    """
     run_dir = Path(run_dir)
-    config = _ssl_config(run_dir, config, resume)
     if not dataset.unlabeled:
         raise InputError(
-            f"{dataset.root or dataset.images_folder}: no unlabelled images (imagesUnlabeled or --unlabeled); "
+            f"{dataset.root or dataset.images_folder}: no unlabeled images (imagesUnlabeled or --unlabeled); "
             "self-training needs some, or train with organseg train"
         )
+    report = check_dataset(dataset)  # once for all rounds, before anything is written
+    log.info("%s", describe_dataset(dataset, report))
+    if report.problems:
+        raise InputError("\n".join(report.problems))
+    config = _ssl_config(run_dir, config)
+    # One split for every round, so that all rounds validate on the same cases.
+    teacher_split = round_dir(run_dir, 0) / "splits.json"
+    split = json.loads(teacher_split.read_text()) if teacher_split.is_file() else choose_split(dataset.labeled, config)
     rounds = []
     for index in range(config.ssl.rounds + 1):
-        pseudo = _pseudo_cases(run_dir, index, dataset, config, device, progress)
-        _train_round(dataset, run_dir, index, config, pseudo, device, progress)
+        pseudo = _pseudo_cases(run_dir, index, dataset, config, device)
+        inputs = TrainingInputs(tuple(pseudo), run_dir / "cache", split, dataset_checked=True)
+        _train_round(dataset, run_dir, index, config, inputs, device)
         rounds.append(round_summary(run_dir, index, dataset, pseudo, len(dataset.unlabeled), device))
         _write_summary(run_dir, rounds, dataset.label_set)
-    print(rounds_table(rounds, dataset.label_set))
+    log.info("%s", rounds_table(rounds, dataset.label_set))
     return {"rounds": rounds}
 
 
-def _ssl_config(run_dir: Path, config: Config | None, resume: bool) -> Config:
+def _ssl_config(run_dir: Path, config: Config | None) -> Config:
     saved = run_dir / "config.json"
-    if resume:
-        if config is not None:
-            raise InputError(f"{run_dir}: a resumed run keeps its own settings (config.json); drop --preset/--set")
+    if config is None:
         if not saved.is_file():
             raise InputError(f"{run_dir}: nothing to resume (no config.json); start without --resume")
-        return from_dict(json.loads(saved.read_text()), base=Config(), source=str(saved))
+        return load_config(saved)
     if saved.is_file():
         raise InputError(f"{run_dir}: already holds a self-training run; use --resume or choose a new RUN_DIR")
-    if config is None:
-        raise ValueError("run_ssl needs a config unless resuming")
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, saved)
     return config
 
 
-def _pseudo_cases(
-    run_dir: Path, index: int, dataset: Dataset, config: Config, device: str, progress: bool
-) -> list[Case]:
-    """Round `index`'s kept pseudo-labelled cases, made by the previous round (none for the teacher)."""
+def _pseudo_cases(run_dir: Path, index: int, dataset: Dataset, config: Config, device: str) -> list[Case]:
+    """Round `index`'s kept pseudo-labeled cases, made by the previous round (none for the teacher)."""
     if index == 0:
         return []
     out = round_dir(run_dir, index) / "pseudo"
     previous = round_dir(run_dir, index - 1) / "pseudo" if index > 1 else None
-    manifest = run_pseudo_labelling(
-        round_dir(run_dir, index - 1), list(dataset.unlabeled), out, config.ssl, previous, device, progress
-    )
+    teacher = round_dir(run_dir, index - 1)
+    manifest = run_pseudo_labeling(teacher, list(dataset.unlabeled), out, config.ssl, previous, device)
     kept = [Case(row.case_id, row.image, row.label) for row in manifest if row.kept]
-    print(f"round {index}: {len(kept)} of {len(manifest)} pseudo-labelled cases kept ({out / 'manifest.csv'})")
+    log.info("round %d: %d of %d pseudo-labeled cases kept (%s)", index, len(kept), len(manifest), out / "manifest.csv")
     if not kept:
         raise InputError(f"{out}: every pseudo-label was rejected; loosen ssl.filter / ssl.min_score")
     return kept
 
 
 def _train_round(
-    dataset: Dataset, run_dir: Path, index: int, config: Config, pseudo: list[Case], device: str, progress: bool
+    dataset: Dataset, run_dir: Path, index: int, config: Config, inputs: TrainingInputs, device: str
 ) -> None:
     folder = round_dir(run_dir, index)
     started = (folder / "config.json").is_file()
-    print(f"round {index}: training the {'teacher' if index == 0 else 'student'} in {folder}")
-    run_training(
-        dataset,
-        folder,
-        None if started else config,
-        device=device,
-        resume=started,
-        progress=progress,
-        pseudo_cases=pseudo,
-        cache_dir=run_dir / "cache",
-    )
+    log.info("round %d: training the %s in %s", index, "teacher" if index == 0 else "student", folder)
+    run_training(dataset, folder, None if started else config, device=device, inputs=inputs)
 
 
 def round_summary(run_dir: Path, index: int, dataset: Dataset, pseudo: list[Case], unlabeled: int, device: str) -> dict:
@@ -142,24 +132,17 @@ def validation_scores(model_dir: Path, dataset: Dataset, device: str = "auto") -
     organs = {}
     for label, name in sorted(dataset.label_set.names):
         organ_rows = [row for row in rows if row["label"] == label]
-        organs[name] = {metric: _mean([row[metric] for row in organ_rows]) for metric in ("dsc", "nsd")}
+        organs[name] = {metric: finite_mean([row[metric] for row in organ_rows]) for metric in ("dsc", "nsd")}
     return {
         "validation_cases": splits["validation"],
         "organs": organs,
-        "mean": {metric: _mean([organ[metric] for organ in organs.values()]) for metric in ("dsc", "nsd")},
+        "mean": {metric: finite_mean([organ[metric] for organ in organs.values()]) for metric in ("dsc", "nsd")},
     }
 
 
-def _mean(values: list[float]) -> float | None:
-    finite = [value for value in values if value is not None and np.isfinite(value)]
-    return float(np.mean(finite)) if finite else None
-
-
 def _write_summary(run_dir: Path, rounds: list[dict], label_set: LabelSet) -> None:
-    with atomic_write(run_dir / "rounds.json") as temporary:
-        temporary.write_text(json.dumps({"rounds": rounds}, indent=2) + "\n")
-    with atomic_write(run_dir / "rounds.md") as temporary:
-        temporary.write_text(rounds_table(rounds, label_set) + "\n")
+    write_json(run_dir / "rounds.json", {"rounds": rounds})
+    write_text(run_dir / "rounds.md", rounds_table(rounds, label_set) + "\n")
 
 
 def rounds_table(rounds: list[dict], label_set: LabelSet) -> str:
@@ -168,7 +151,7 @@ def rounds_table(rounds: list[dict], label_set: LabelSet) -> str:
         return "no validation case: nothing to compare (set validation_cases >= 1)"
     names = ["full supervision" if r["round"] == 0 else f"round {r['round']}" for r in rounds]
     lines = [
-        f"validation DSC / NSD on {len(rounds[0]['validation_cases'])} held-out labelled case(s)",
+        f"validation DSC / NSD on {len(rounds[0]['validation_cases'])} held-out labeled case(s)",
         "",
         "| organ | " + " | ".join(names) + " |",
         "|---" * (len(rounds) + 1) + "|",

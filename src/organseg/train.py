@@ -14,6 +14,7 @@ alone validates and writes, and `last.pt` holds every process's random state.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import time
@@ -23,9 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
-from organseg.atomic import append_line, atomic_write
+from organseg.atomic import append_line, atomic_write, read_jsonl
 from organseg.augment import augment
 from organseg.checkpoint import load_checkpoint, save_checkpoint
 from organseg.config import Config, StageConfig, to_dict
@@ -33,13 +33,16 @@ from organseg.device import autocast, training_memory_format, use_bf16
 from organseg.distributed import ALONE, World
 from organseg.errors import InputError
 from organseg.labels import LabelSet
-from organseg.losses import deep_supervision_loss, dice_per_class
+from organseg.losses import deep_supervision_loss
+from organseg.metrics import dice_per_class
 from organseg.nets.unet3d import UNet3D
+from organseg.pictures import save_training_curve
 from organseg.prepared import PreparedCase
-from organseg.report import save_training_curve
+from organseg.progress import progress_bar
 from organseg.samples import stage1_sample, stage2_sample
 
 STAGES = ("stage1", "stage2")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -66,12 +69,15 @@ class StageRun:
     label_set: LabelSet
     stage_dir: Path
     device: torch.device
-    bf16: bool
     world: World = ALONE
 
     @property
     def stage(self) -> StageConfig:
         return getattr(self.config, self.name)
+
+    @property
+    def bf16(self) -> bool:
+        return use_bf16(self.device, self.config.precision)
 
     @property
     def foreground_only(self) -> bool:
@@ -93,47 +99,35 @@ def build_model(stage: StageConfig, num_classes: int) -> UNet3D:
     return UNet3D(1, num_classes, net.widths, net.blocks_per_level, net.upsample, net.deep_supervision)
 
 
-def train_stage(
-    name: str,
-    train_cases: list[PreparedCase],
-    val_cases: list[PreparedCase],
-    config: Config,
-    label_set: LabelSet,
-    stage_dir: Path,
-    device: torch.device,
-    resume: bool = False,
-    progress: bool = True,
-    world: World = ALONE,
-) -> dict:
-    """Train stage `name` ('stage1' or 'stage2'); returns the last log row.
+def train_stage(run: StageRun, train_cases: list[PreparedCase], val_cases: list[PreparedCase], resume: bool) -> dict:
+    """Train one stage; returns the last log row. `resume` continues from its last.pt.
 
-    `world`: this process's place among several (torchrun), each calling `train_stage`
-    alike; its process group must be up (organseg.distributed.process_group).
+    Under torchrun every process calls `train_stage` alike, with its own `run.world`, whose
+    process group must be up (organseg.distributed.process_group).
     """
-    bf16 = use_bf16(device, config.precision)
-    run = StageRun(name, config, label_set, Path(stage_dir), device, bf16, world)
     run.stage_dir.mkdir(parents=True, exist_ok=True)
     state = _initial_state(run)
     last = run.stage_dir / "last.pt"
+    world = run.world
     if resume and last.is_file():
-        _restore(run, state, load_checkpoint(last, device))
-        if world.is_main:
-            print(f"{name}: resuming after epoch {state.epoch} of {run.stage.epochs}")
+        _restore(run, state, load_checkpoint(last, run.device))
+        log.info("%s: resuming after epoch %d of %d", run.name, state.epoch, run.stage.epochs)
     elif last.is_file():
-        raise InputError(f"{run.stage_dir}: already holds a trained {name}; use --resume to continue or a new RUN_DIR")
+        raise InputError(
+            f"{run.stage_dir}: already holds a trained {run.name}; use --resume to continue or a new RUN_DIR"
+        )
     world.barrier()  # every process has looked at last.pt before rank 0 writes the next one
     if world.is_distributed:
         # Wrapped after the restore: DDP starts every replica from rank 0's weights.
         state.replica = DistributedDataParallel(
-            state.model, device_ids=[device.index] if device.type == "cuda" else None
+            state.model, device_ids=[run.device.index] if run.device.type == "cuda" else None
         )
     # One pass over the cases is shared by the processes: each takes batch_size samples a step.
     per_step = run.stage.batch_size * world.world_size
     iterations = run.stage.iterations_per_epoch or math.ceil(len(train_cases) / per_step)
     total = run.stage.epochs * iterations
     row = {"epoch": state.epoch, "best_metric": state.best_metric}
-    shown = progress and world.is_main
-    with tqdm(total=total, initial=state.epoch * iterations, desc=name, unit="it", disable=not shown) as bar:
+    with progress_bar(total=total, initial=state.epoch * iterations, desc=run.name, unit="it") as bar:
         while state.epoch < run.stage.epochs:
             started = time.perf_counter()
             losses = [_train_step(run, state, train_cases) for _ in _count(bar, iterations)]
@@ -143,7 +137,7 @@ def train_stage(
     return row
 
 
-def _count(bar: tqdm, iterations: int):
+def _count(bar, iterations: int):
     for index in range(iterations):
         yield index
         bar.update(1)
@@ -167,8 +161,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, stage: StageConfig) -> tor
     """The stage's learning-rate schedule, stepped once per epoch (see StageConfig.lr_schedule)."""
     if stage.lr_schedule == "poly":
         # A short budget gains most from ending at a small rate: the last epochs refine
-        # instead of jumping around the minimum at a quarter of the starting rate (where
-        # the cpu preset's halving schedule used to end).
+        # instead of jumping around the minimum.
         return torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda epoch: max(0.0, 1 - epoch / stage.epochs) ** POLY_EXPONENT
         )
@@ -213,11 +206,11 @@ def draw_batch(
 ) -> list[PreparedCase]:
     """The cases of one mini-batch.
 
-    Without pseudo-labelled cases (or with `labeled_fraction` 0), uniformly from all. With
-    them, floor(f * B) samples come from labelled cases and one more with probability
-    frac(f * B), so on average exactly a share f of the samples is labelled at any batch
-    size, however many pseudo-labelled cases there are (the paper's batches of 4 drew
-    uniformly, and its pseudo-labels crowded the labelled cases out).
+    Without pseudo-labeled cases (or with `labeled_fraction` 0), uniformly from all. With
+    them, floor(f * B) samples come from labeled cases and one more with probability
+    frac(f * B), so on average exactly a share f of the samples is labeled at any batch
+    size, however many pseudo-labeled cases there are (the paper's batches of 4 drew
+    uniformly, and its pseudo-labels crowded the labeled cases out).
     """
     labeled = [case for case in cases if not case.pseudo]
     pseudo = [case for case in cases if case.pseudo]
@@ -273,7 +266,7 @@ def _validate_and_write(
         with atomic_write(run.stage_dir / "best.pt") as temporary:
             shutil.copyfile(run.stage_dir / "last.pt", temporary)
     if due:
-        save_training_curve(_read_log(run.stage_dir), run.stage_dir / "curve.png", title=run.name)
+        save_training_curve(read_jsonl(run.stage_dir / "log.jsonl"), run.stage_dir / "curve.png", title=run.name)
 
 
 @torch.no_grad()
@@ -329,7 +322,9 @@ def _restore(run: StageRun, state: StageState, content: dict) -> None:
         # The generator state must be a CPU tensor, whatever device the checkpoint was loaded to.
         state.generator.set_state(streams[run.world.rank]["torch"].cpu())
     elif run.world.rank == len(streams):  # the first rank without a saved state says so, once
-        print(f"{run.name}: rank {run.world.rank} and above start fresh random streams ({len(streams)} saved)")
+        log.warning(
+            "%s: rank %d and above start fresh random streams (%d saved)", run.name, run.world.rank, len(streams)
+        )
     state.epoch = int(content["epoch"])
     state.best_metric = float(content["best_metric"])
     state.best_epoch = int(content["best_epoch"])
@@ -337,21 +332,6 @@ def _restore(run: StageRun, state: StageState, content: dict) -> None:
 
 def _append_log(stage_dir: Path, row: dict) -> None:
     append_line(stage_dir / "log.jsonl", json.dumps(row))
-
-
-def _read_log(stage_dir: Path) -> list[dict]:
-    return read_log(stage_dir / "log.jsonl")
-
-
-def read_log(path: Path) -> list[dict]:
-    """A training log's rows; a line torn by a kill is skipped."""
-    rows = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
 
 
 def _format(value: float | None) -> str:

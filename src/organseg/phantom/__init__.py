@@ -1,4 +1,4 @@
-"""Synthetic abdominal CT phantoms with the 13 FLARE22 organs labelled.
+"""Synthetic abdominal CT phantoms with the 13 FLARE22 organs labeled.
 
 `generate_case` draws one case: a contrast-enhanced (portal venous) CT with body wall,
 spine, ribs, lung bases, bowel and the 13 organs in anatomically plausible places, with

@@ -1,4 +1,4 @@
-"""The 13 FLARE22 organs, and the unlabelled vessels between them.
+"""The 13 FLARE22 organs, and the unlabeled vessels between them.
 
 Nominal positions are model mm (x to the patient's left, y posterior, z superior; see
 canvas.py) for a body 320 mm wide. Organs are painted one after the other and each keeps
@@ -172,7 +172,7 @@ def paint_liver(canvas: Canvas, rng: np.random.Generator, body: Body, tones: dic
 
 
 def paint_other_vessels(canvas: Canvas, rng: np.random.Generator, body: Body, tones: dict[str, float]) -> None:
-    """Unlabelled vessels that look like organs: portal, splenic, mesenteric and renal veins, iliac arteries."""
+    """Unlabeled vessels that look like organs: portal, splenic, mesenteric and renal veins, iliac arteries."""
     veins = [
         ([(82, 34, 30), (45, 8, 18), (5, 2, 8), (-20, -2, 25), (-38, -4, 48)], [5, 5, 6, 7, 7]),
         ([(5, 0, 8), (2, -12, -20), (0, -16, -60)], [6, 5, 5]),

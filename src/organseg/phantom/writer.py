@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from organseg.atomic import atomic_write
+from organseg.atomic import write_json
 from organseg.errors import InputError
 from organseg.io import write_label, write_volume
 from organseg.labels import FLARE22
 from organseg.phantom.case import generate_case
+from organseg.progress import progress_bar
 
 # split: (image folder, label folder or None, case name pattern); the order fixes each split's seed key.
 SPLITS = {
@@ -37,7 +36,6 @@ def write_dataset(
     test: int,
     seed: int,
     shape: tuple[int, int, int] | None = None,
-    progress: bool = True,
 ) -> Path:
     """Write an nnU-Net v2 raw dataset; returns the folder.
 
@@ -49,7 +47,6 @@ def write_dataset(
         labeled, unlabeled, test: number of cases in imagesTr/labelsTr, imagesUnlabeled, imagesTs/labelsTs.
         seed: non-negative; the same seed gives byte-identical cases.
         shape: voxels per case (see generate_case); None for small, varied sizes.
-        progress: a progress bar on stderr.
     """
     out = Path(out)
     counts = {"train": labeled, "unlabeled": unlabeled, "test": test}
@@ -60,7 +57,7 @@ def write_dataset(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        _write_cases(staging, counts, seed, shape, progress)
+        _write_cases(staging, counts, seed, shape)
         _write_dataset_json(staging, counts, seed)
         if out.exists():
             out.rmdir()
@@ -71,13 +68,13 @@ def write_dataset(
     return out
 
 
-def _write_cases(root: Path, counts: dict[str, int], seed: int, shape, progress: bool) -> None:
+def _write_cases(root: Path, counts: dict[str, int], seed: int, shape) -> None:
     jobs = [(split, index) for split, count in counts.items() for index in range(1, count + 1)]
     for split, count in counts.items():
         for folder in SPLITS[split][:2]:
             if folder and count:
                 (root / folder).mkdir()
-    for split, index in tqdm(jobs, desc="phantom cases", unit="case", disable=not progress):
+    for split, index in progress_bar(jobs, desc="phantom cases", unit="case"):
         images, labels, pattern = SPLITS[split]
         name = pattern.format(index)
         image, label_map = generate_case(case_seed(seed, split, index), shape)
@@ -97,5 +94,4 @@ def _write_dataset_json(root: Path, counts: dict[str, int], seed: int) -> None:
         "numUnlabeled": counts["unlabeled"],
         "numTest": counts["test"],
     }
-    with atomic_write(root / "dataset.json") as temporary:
-        temporary.write_text(json.dumps(meta, indent=2) + "\n")
+    write_json(root / "dataset.json", meta)

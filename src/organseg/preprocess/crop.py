@@ -72,3 +72,23 @@ def paste(values: np.ndarray, box: Box, shape: tuple[int, int, int], fill: int |
     canvas = np.full((*values.shape[:-3], *shape), fill, dtype=values.dtype)
     canvas[(Ellipsis, *box.slices)] = values
     return canvas
+
+
+def grow_box(
+    box: Box,
+    spacing_mm: tuple[float, float, float],
+    margins_mm: np.ndarray,
+    shift_mm: np.ndarray,
+    shape: tuple[int, int, int],
+) -> Box:
+    """`box` grown by margins_mm[0] below and margins_mm[1] above on each axis, moved by shift_mm, clipped.
+
+    A box shifted out of the volume keeps at least one voxel, so it never comes back empty.
+    """
+    spacing = np.asarray(spacing_mm)
+    start = np.asarray(box.start) - np.ceil(margins_mm[0] / spacing) + np.round(shift_mm / spacing)
+    stop = np.asarray(box.stop) + np.ceil(margins_mm[1] / spacing) + np.round(shift_mm / spacing)
+    upper = np.asarray(shape)
+    start = np.clip(start, 0, upper - 1).astype(int)
+    stop = np.clip(stop, start + 1, upper).astype(int)
+    return Box(tuple(start), tuple(stop))

@@ -1,8 +1,7 @@
 """CT intensity normalisation: clip to a window, then z-score.
 
-Default window [-200, 400] HU: wide enough for fat (about -100 HU) and for
-contrast-enhanced kidneys, aorta and IVC (up to about 350 HU); air, lung and dense bone
-are clipped, as their insides carry no organ boundary. The z-score statistics are taken
+The window (organseg.config.CT_WINDOW_HU by default) clips air, lung and dense bone, as
+their insides carry no organ boundary. The z-score statistics are taken
 over the voxels inside the window (clipped air is left out), so they describe the body
 rather than how much air the field of view happens to include.
 """
@@ -14,7 +13,8 @@ import math
 import numpy as np
 import torch
 
-CT_WINDOW_HU = (-200.0, 400.0)
+from organseg.config import CT_WINDOW_HU
+
 MIN_STD = 1e-3  # a constant image must not divide by zero
 STATISTICS_CHUNK = 1 << 22  # voxels per slab when summing the statistics
 

@@ -30,10 +30,6 @@ class AxisTransform:
         object.__setattr__(self, "permutation", tuple(int(p) for p in self.permutation))
         object.__setattr__(self, "flipped", tuple(bool(f) for f in self.flipped))
 
-    @property
-    def is_identity(self) -> bool:
-        return self.permutation == (0, 1, 2) and not any(self.flipped)
-
     def apply(self, array: np.ndarray) -> np.ndarray:
         """Reorient an array (a view, no copy); extra leading axes (channels) are kept."""
         lead = array.ndim - 3

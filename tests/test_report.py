@@ -18,8 +18,8 @@ from organseg.geometry import Geometry
 from organseg.io import read_image, read_label, write_label, write_volume
 from organseg.labels import FLARE22
 from organseg.phantom import write_dataset
-from organseg.qa_report import LOG_ROWS, run_qa_report
-from organseg.report import save_training_curve
+from organseg.pictures import save_training_curve
+from organseg.report import LOG_ROWS, run_report
 
 ODD = "odd <b>&amp; case"  # a case id that is HTML if not escaped
 SPLEEN = 3
@@ -90,7 +90,7 @@ def _fake_run(run_dir: Path) -> Path:
 @pytest.fixture(scope="module")
 def report(inputs, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("report") / "report"
-    index = run_qa_report(inputs["pred"], out, inputs["images"], inputs["gt"], inputs["run"], workers=1, progress=False)
+    index = run_report(inputs["pred"], out, inputs["images"], inputs["gt"], inputs["run"], workers=1)
     assert index == out / "index.html"
     return out
 
@@ -185,6 +185,6 @@ def test_a_prediction_off_its_image_grid_is_refused(inputs, tmp_path: Path) -> N
     moved = Geometry(geometry.shape, geometry.spacing_mm, np.add(geometry.origin_mm, 5.0), geometry.direction)
     write_volume(type(image)(image.array, moved), images / "phantom_t001_0000.nii.gz")
     with pytest.raises(InputError, match="not on the grid of its image") as error:
-        run_qa_report(inputs["pred"], tmp_path / "out", images, progress=False)
+        run_report(inputs["pred"], tmp_path / "out", images)
     assert "phantom_t001" in str(error.value) and "origin" in str(error.value)
     assert not (tmp_path / "out" / "index.html").exists()

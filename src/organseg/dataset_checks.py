@@ -2,17 +2,15 @@
 
 Each problem is one line that names the file, says what is wrong and what to do. Nothing is
 refused at the first problem: the user fixes them all in one go, as with nnU-Net's
-integrity check. `summarize` turns the result into the text `organseg check` prints.
+integrity check. `describe_dataset` turns the result into the text `organseg check` prints.
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from organseg.dataset import DEFAULT_FILE_ENDING, Case, Dataset
 from organseg.errors import InputError
@@ -20,12 +18,13 @@ from organseg.geometry import Geometry
 from organseg.io import image_stem, read_image, read_label
 from organseg.labels import LabelSet
 from organseg.preprocess.orientation import canonical_transform
+from organseg.progress import progress_bar
 
 # Legal but unusual CT voxel sizes (mm): worth a warning, not a refusal.
 USUAL_SPACING_MM = (0.3, 10.0)
 # An abdominal CT in HU always holds air (about -1000 HU) in the bowel or around the body.
 AIR_HU = -500.0
-# Unlabelled or test cases whose spacing lies this factor outside the labelled range are mentioned.
+# Unlabeled or test cases whose spacing lies this factor outside the labeled range are mentioned.
 SPACING_FACTOR = 2.0
 # Label values are counted in chunks of this many voxels, so memory stays flat on large scans.
 CHUNK_VOXELS = 1 << 22
@@ -33,7 +32,7 @@ CHUNK_VOXELS = 1 << 22
 
 @dataclass(frozen=True)
 class CaseStats:
-    """What validation learnt about one case with a readable image (no arrays kept)."""
+    """What the checks learnt about one case with a readable image (no arrays kept)."""
 
     case_id: str
     subset: str  # "labeled", "unlabeled" or "test"
@@ -43,7 +42,7 @@ class CaseStats:
 
 
 @dataclass
-class ValidationReport:
+class DatasetReport:
     """Problems (the dataset cannot be used as is), warnings, and per-case statistics."""
 
     problems: list[str] = field(default_factory=list)  # '<file>: <what is wrong>; <what to do>'
@@ -51,35 +50,35 @@ class ValidationReport:
     stats: list[CaseStats] = field(default_factory=list)
 
 
-def validate_dataset(dataset: Dataset, *, require_labels: bool = True, progress: bool = True) -> ValidationReport:
+def check_dataset(dataset: Dataset, *, require_labels: bool = True) -> DatasetReport:
     """Read every image and label once and report every problem found, one line each.
 
     require_labels: the training set must exist and every training image needs a label map
-    (off e.g. for folders to predict). progress: a progress bar on stderr.
+    (off e.g. for folders to predict).
     """
-    report = ValidationReport(list(dataset.problems), list(dataset.warnings))
+    report = DatasetReport(list(dataset.problems), list(dataset.warnings))
     _check_training_folders(dataset, require_labels, report)
     if not (dataset.labeled or dataset.unlabeled or dataset.test) and not require_labels:
         report.problems.append(f"{dataset.root or 'dataset'}: no images found in any folder; add images")
     jobs = [(subset, case) for subset in ("labeled", "unlabeled", "test") for case in getattr(dataset, subset)]
-    for subset, case in tqdm(jobs, desc="checking", unit="case", file=sys.stderr, disable=not progress):
+    for subset, case in progress_bar(jobs, desc="checking", unit="case"):
         stats = _check_case(case, subset, dataset.label_set, report)
         report.stats += [stats] if stats is not None else []
     _warn_about_dataset(dataset.label_set, report)
     return report
 
 
-def _check_training_folders(dataset: Dataset, require_labels: bool, report: ValidationReport) -> None:
-    """Folder-level problems of the labelled set: missing or empty folders, missing label maps."""
+def _check_training_folders(dataset: Dataset, require_labels: bool, report: DatasetReport) -> None:
+    """Folder-level problems of the labeled set: missing or empty folders, missing label maps."""
     images, labels, problems = dataset.images_folder, dataset.labels_folder, report.problems
     if images is not None and images.exists() and not images.is_dir():
         problems.append(f"{images}: is not a folder; give the folder of training images")
     elif require_labels and images is None:
-        problems.append("no labelled training images given; give a dataset folder with imagesTr or --images FOLDER")
+        problems.append("no labeled training images given; give a dataset folder with imagesTr or --images FOLDER")
     elif require_labels and not images.is_dir():
         problems.append(f"{images}: training image folder not found; create it or give --images FOLDER")
     elif images is not None and images.is_dir() and not dataset.labeled:
-        problems.append(f"{images}: no images found; add the labelled training images (e.g. case_0000.nii.gz)")
+        problems.append(f"{images}: no images found; add the labeled training images (e.g. case_0000.nii.gz)")
     if not require_labels or not dataset.labeled:
         return
     if labels is None or not labels.is_dir():
@@ -93,7 +92,7 @@ def _check_training_folders(dataset: Dataset, require_labels: bool, report: Vali
             )
 
 
-def _check_case(case: Case, subset: str, label_set: LabelSet, report: ValidationReport) -> CaseStats | None:
+def _check_case(case: Case, subset: str, label_set: LabelSet, report: DatasetReport) -> CaseStats | None:
     """Read a case's image, then its label; problems go to `report`; stats if the image is readable."""
     geometry = intensity_range = None
     try:
@@ -110,7 +109,7 @@ def _check_case(case: Case, subset: str, label_set: LabelSet, report: Validation
 
 
 def _check_label(
-    case: Case, image_geometry: Geometry | None, label_set: LabelSet, report: ValidationReport
+    case: Case, image_geometry: Geometry | None, label_set: LabelSet, report: DatasetReport
 ) -> tuple[int, ...] | None:
     """Problems of a label map (unreadable, not on its image's grid, undeclared values); the ids present."""
     try:
@@ -149,7 +148,7 @@ def _one_line(error: Exception, path: Path) -> str:
     return f"{path}: cannot read ({getattr(error, 'strerror', None) or error}); check the file and its permissions"
 
 
-def _warn_about_image(path: Path, geometry: Geometry, intensity: tuple[float, float], report: ValidationReport) -> None:
+def _warn_about_image(path: Path, geometry: Geometry, intensity: tuple[float, float], report: DatasetReport) -> None:
     low, high = USUAL_SPACING_MM
     if not all(low <= s <= high for s in geometry.spacing_mm):
         spacing = tuple(round(s, 3) for s in geometry.spacing_mm)
@@ -158,22 +157,22 @@ def _warn_about_image(path: Path, geometry: Geometry, intensity: tuple[float, fl
         report.warnings.append(f"{path}: lowest intensity {intensity[0]:g} shows no air; is it CT in Hounsfield units?")
 
 
-def _warn_about_dataset(label_set: LabelSet, report: ValidationReport) -> None:
-    """Organs no labelled case shows; unlabelled or test spacing far outside the labelled range."""
-    labelled = [s for s in report.stats if s.subset == "labeled" and s.labels_present is not None]
-    if not labelled:
+def _warn_about_dataset(label_set: LabelSet, report: DatasetReport) -> None:
+    """Organs no labeled case shows; unlabeled or test spacing far outside the labeled range."""
+    labeled = [s for s in report.stats if s.subset == "labeled" and s.labels_present is not None]
+    if not labeled:
         return
-    seen = set().union(*(s.labels_present for s in labelled))
+    seen = set().union(*(s.labels_present for s in labeled))
     if absent := [label_set.name(label) for label in label_set.ids if label not in seen]:
-        report.warnings.append(f"organs declared but absent from all labelled cases: {', '.join(absent)}")
-    spacings = np.array([s.geometry.spacing_mm for s in labelled])
+        report.warnings.append(f"organs declared but absent from all labeled cases: {', '.join(absent)}")
+    spacings = np.array([s.geometry.spacing_mm for s in labeled])
     low, high = spacings.min(axis=0) / SPACING_FACTOR, spacings.max(axis=0) * SPACING_FACTOR
     for stats in report.stats:
         spacing = np.array(stats.geometry.spacing_mm)
         if stats.subset != "labeled" and np.any((spacing < low) | (spacing > high)):
             report.warnings.append(
                 f"{stats.subset} case '{stats.case_id}': spacing {tuple(spacing.round(2).tolist())} mm is far "
-                "outside the labelled cases' range; results there may be poor"
+                "outside the labeled cases' range; results there may be poor"
             )
 
 
@@ -183,14 +182,14 @@ def _id_ranges(ids: tuple[int, ...]) -> str:
     return f"{ids[0]}-{ids[-1]}" if consecutive else ", ".join(map(str, ids))
 
 
-def summarize(dataset: Dataset, report: ValidationReport) -> str:
-    """A compact text summary of a dataset and its validation report (like nnU-Net's integrity check)."""
-    test_labelled = sum(case.label is not None for case in dataset.test)
+def describe_dataset(dataset: Dataset, report: DatasetReport) -> str:
+    """A compact text summary of a dataset and its check report (like nnU-Net's integrity check)."""
+    test_labeled = sum(case.label is not None for case in dataset.test)
     lines = [
         f"dataset: {dataset.root if dataset.root is not None else '(explicit folders)'}",
         f"labels: {len(dataset.label_set.ids)} organs (ids {_id_ranges(dataset.label_set.ids)})",
-        f"cases: {len(dataset.labeled)} labelled, {len(dataset.unlabeled)} unlabelled, "
-        f"{len(dataset.test)} test ({test_labelled} with labels)",
+        f"cases: {len(dataset.labeled)} labeled, {len(dataset.unlabeled)} unlabeled, "
+        f"{len(dataset.test)} test ({test_labeled} with labels)",
         *_range_lines(report.stats),
         *_organ_lines(dataset.label_set, report.stats),
         f"{_count(report.problems, 'problem')} found" if report.problems else "no problems found",
@@ -228,11 +227,11 @@ def _per_axis(rows: list, fmt: str) -> str:
 
 
 def _organ_lines(label_set: LabelSet, stats: list[CaseStats]) -> list[str]:
-    """How many labelled cases contain each organ."""
-    labelled = [s.labels_present for s in stats if s.subset == "labeled" and s.labels_present is not None]
-    if not labelled:
+    """How many labeled cases contain each organ."""
+    labeled = [s.labels_present for s in stats if s.subset == "labeled" and s.labels_present is not None]
+    if not labeled:
         return []
-    lines = [f"organs (labelled cases containing each, of {len(labelled)}):"]
+    lines = [f"organs (labeled cases containing each, of {len(labeled)}):"]
     for label in label_set.ids:
-        lines.append(f"  {label:>3} {label_set.name(label):<24} {sum(label in present for present in labelled)}")
+        lines.append(f"  {label:>3} {label_set.name(label):<24} {sum(label in present for present in labeled)}")
     return lines

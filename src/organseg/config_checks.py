@@ -1,0 +1,78 @@
+"""Range checks of a configuration's values (types are checked as the values are set)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from organseg.config import Config, SelfTrainingConfig, StageConfig
+
+LR_SCHEDULES = ("halving", "poly")
+
+
+def config_problems(config: Config) -> list[str]:
+    """Every value out of range, one message each naming the setting."""
+    problems = []
+    check = problems.append
+    if config.window_hu[0] >= config.window_hu[1]:
+        check(f"window_hu must be [low, high] with low < high, got {list(config.window_hu)}")
+    if config.label_resampling not in ("linear", "nearest"):
+        check(f"label_resampling must be 'linear' or 'nearest', got '{config.label_resampling}'")
+    if config.precision not in ("auto", "bf16", "fp32"):
+        check(f"precision must be 'auto', 'bf16' or 'fp32', got '{config.precision}'")
+    if config.stage1_target not in ("organs", "foreground"):
+        check(f"stage1_target must be 'organs' or 'foreground', got '{config.stage1_target}'")
+    if not 0 <= config.class_balance <= 1:
+        check(f"class_balance must be in [0, 1], got {config.class_balance}")
+    if config.validation_cases < 0:
+        check(f"validation_cases must be >= 0, got {config.validation_cases}")
+    for name in ("stage1", "stage2"):
+        problems += _stage_problems(name, getattr(config, name))
+    low, high = config.crop.train_margin_mm
+    if config.crop.margin_mm < 0 or low < 0 or high < low or config.crop.train_shift_mm < 0:
+        check("crop margins and shift must be >= 0 with train_margin_mm = [low, high], low <= high")
+    problems += _ssl_problems(config.ssl)
+    return problems
+
+
+def _ssl_problems(ssl: SelfTrainingConfig) -> list[str]:
+    problems = []
+    if ssl.rounds < 1:
+        problems.append(f"ssl.rounds must be >= 1, got {ssl.rounds}")
+    if ssl.min_component_ml < 0:
+        problems.append(f"ssl.min_component_ml must be >= 0, got {ssl.min_component_ml}")
+    if not 0 <= ssl.min_voxel_confidence < 1:
+        problems.append(f"ssl.min_voxel_confidence must be in [0, 1), got {ssl.min_voxel_confidence}")
+    if ssl.filter not in ("none", "threshold", "fraction"):
+        problems.append(f"ssl.filter must be 'none', 'threshold' or 'fraction', got '{ssl.filter}'")
+    if not 0 < ssl.keep_fraction <= 1:
+        problems.append(f"ssl.keep_fraction must be in (0, 1], got {ssl.keep_fraction}")
+    if not 0 <= ssl.labeled_fraction <= 1:
+        problems.append(f"ssl.labeled_fraction must be in [0, 1], got {ssl.labeled_fraction}")
+    if not 0 < ssl.pseudo_weight <= 1:
+        problems.append(f"ssl.pseudo_weight must be in (0, 1], got {ssl.pseudo_weight}")
+    return problems
+
+
+def _stage_problems(name: str, stage: StageConfig) -> list[str]:
+    problems = []
+    multiple = 2 ** (len(stage.net.widths) - 1)
+    if len(stage.grid) != 3 or any(n < multiple or n % multiple for n in stage.grid):
+        problems.append(f"{name}.grid {list(stage.grid)} must be 3 sizes divisible by {multiple} (2^(levels-1))")
+    if len(stage.net.widths) < 2 or any(w < 1 for w in stage.net.widths):
+        problems.append(f"{name}.net.widths needs at least 2 positive widths, got {list(stage.net.widths)}")
+    if stage.net.upsample not in ("transpose", "trilinear"):
+        problems.append(f"{name}.net.upsample must be 'transpose' or 'trilinear'")
+    for setting in ("epochs", "batch_size", "lr_halving_epochs", "val_every", "net.blocks_per_level"):
+        value = stage.net.blocks_per_level if setting.startswith("net.") else getattr(stage, setting)
+        if value < 1:
+            problems.append(f"{name}.{setting} must be >= 1, got {value}")
+    if stage.iterations_per_epoch < 0:
+        problems.append(f"{name}.iterations_per_epoch must be >= 0, got {stage.iterations_per_epoch}")
+    if stage.lr_schedule not in LR_SCHEDULES:
+        problems.append(f"{name}.lr_schedule must be 'halving' or 'poly', got '{stage.lr_schedule}'")
+    if not 0 < stage.learning_rate < 1:
+        problems.append(f"{name}.learning_rate must be in (0, 1), got {stage.learning_rate}")
+    if stage.weight_decay < 0:
+        problems.append(f"{name}.weight_decay must be >= 0, got {stage.weight_decay}")
+    return problems
