@@ -14,16 +14,17 @@ import numpy as np
 import pytest
 import torch
 
-from organseg.cascade import Segmenter, StageInput, WindowedCT, _paste_in_input_order
+from organseg.cascade import Segmenter, StageInput, _paste_in_input_order
 from organseg.config import Config, CropConfig, StageConfig
 from organseg.io import Volume, read_image, read_label
 from organseg.labels import FLARE22
 from organseg.metrics import dice_per_class
 from organseg.phantom import generate_case
 from organseg.preprocess.crop import Box, crop, paste
-from organseg.preprocess.normalize import normalize_ct
+from organseg.preprocess.normalize import clip_to_window, normalize_ct
 from organseg.preprocess.orientation import AxisTransform, all_axis_transforms, canonical_transform
 from organseg.preprocess.resample import resample_image, resample_labels
+from organseg.preprocess.stage_input import ScanView
 
 
 class Oracle:
@@ -159,7 +160,10 @@ def test_region_is_pasted_straight_into_the_input_axis_order(transform: AxisTran
     assert np.array_equal(_paste_in_input_order(region, box, transform, input_shape), expected)
 
 
-def test_windowed_ct_keeps_integer_ct_in_int16() -> None:
+def test_scan_view_copies_no_voxel_and_clips_regions_in_int16() -> None:
     image, _ = generate_case(1)
-    ct = WindowedCT.of(image.array, canonical_transform(image.geometry), (-200.0, 400.0))
-    assert ct.clipped.dtype == np.int16 and ct.clipped.min() >= -200 and ct.clipped.max() <= 400
+    scan = ScanView.of(image.array, canonical_transform(image.geometry), (-200.0, 400.0))
+    assert np.shares_memory(scan.voxels, image.array) and scan.voxels.flags.c_contiguous
+    region = scan.voxels[scan.transform.source_slices(Box.whole(scan.shape).slices, scan.voxels.shape)]
+    clipped = clip_to_window(np.ascontiguousarray(region), scan.window_hu)
+    assert clipped.dtype == np.int16 and clipped.min() >= -200 and clipped.max() <= 400

@@ -1,7 +1,7 @@
 """Training augmentation of CT patches, in PyTorch (CPU or GPU, the tensors' device).
 
 A patch is an image (C, X, Y, Z) with its label map (X, Y, Z), in canonical orientation
-(axis 0 runs to the patient's left, 1 posterior, 2 superior; see the README). The
+(axis 0 runs to the patient's left, 1 posterior, 2 superior; see docs/conventions.md). The
 transforms and defaults follow nnU-Net's:
 
 - spatial: rotation about each axis, isotropic scaling, a smooth random deformation, and

@@ -6,8 +6,8 @@ on the region (fine grid) -> the winning class of the logits brought back to the
 largest component per organ -> pasted into the input's own axis order: a label map on the
 input's exact grid.
 
-Built for a full-size CT on a CPU: no float copy of the whole volume is made (images are
-z-scored after resampling to a stage's grid), only the class that wins at each voxel is
+Built for a full-size CT on a CPU: no float copy of the whole volume is made (a stage's
+input is z-scored on its grid: organseg.preprocess.stage_input), only the class that wins at each voxel is
 brought back to full resolution (`resampled_argmax`), and clean-up and pasting touch only
 the box. `Segmenter.clock` records the seconds spent in each phase.
 
@@ -37,9 +37,9 @@ from organseg.nets.unet3d import UNet3D
 from organseg.phases import PhaseClock
 from organseg.postprocess import keep_largest_component
 from organseg.preprocess.crop import Box, bounding_box, grow_box, paste
-from organseg.preprocess.normalize import clip_to_window, ct_statistics, zscore
 from organseg.preprocess.orientation import AxisTransform, canonical_transform
 from organseg.preprocess.resample import resample_image, resample_labels, resampled_argmax
+from organseg.preprocess.stage_input import ScanView, stage_input
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class Segmenter:
         with self.clock.phase("normalise"):
             transform = canonical_transform(image.geometry)
             geometry = transform.apply_geometry(image.geometry)
-            ct = WindowedCT.of(image.array, transform, self.config.window_hu)
+            ct = ScanView.of(image.array, transform, self.config.window_hu)
         coarse = self.coarse_labels(ct)
         with self.clock.phase("locate"):
             box = self.box_from_coarse(coarse, ct.shape, geometry.spacing_mm)
@@ -150,13 +150,13 @@ class Segmenter:
         top_volume = paste(top_region, box, ct.shape, fill=1.0)
         return Segmentation(result, scores, np.ascontiguousarray(transform.inverse().apply(top_volume)))
 
-    def coarse_labels(self, ct: WindowedCT) -> np.ndarray:
+    def coarse_labels(self, ct: ScanView) -> np.ndarray:
         """Stage 1's label map of the whole canonical volume, on its own grid."""
         whole = Box.whole(ct.shape)
         with self.clock.phase("resample_1"):
-            stage_input = StageInput(ct.on_grid(whole, self.config.stage1.grid), whole, ct.shape)
+            request = StageInput(stage_input(ct, whole, self.config.stage1.grid)[None], whole, ct.shape)
         with self.clock.phase("stage_1"):
-            return self.stage1(stage_input)[0].argmax(0).numpy().astype(np.uint8)
+            return self.stage1(request)[0].argmax(0).numpy().astype(np.uint8)
 
     def box_from_coarse(
         self, coarse: np.ndarray, shape: tuple[int, int, int], spacing_mm: tuple[float, float, float]
@@ -171,16 +171,16 @@ class Segmenter:
         margins = np.full((2, 3), self.config.crop.margin_mm)
         return grow_box(box, spacing_mm, margins, np.zeros(3), shape)
 
-    def segment_region(self, ct: WindowedCT, box: Box) -> np.ndarray:
+    def segment_region(self, ct: ScanView, box: Box) -> np.ndarray:
         """Stage 2 on `box`: labels (uint8/uint16) on the region's own voxels."""
         return self.logits_to_region(self.region_logits(ct, box), box)
 
-    def region_logits(self, ct: WindowedCT, box: Box) -> torch.Tensor:
+    def region_logits(self, ct: ScanView, box: Box) -> torch.Tensor:
         """Stage 2's logits (C, G2...) for the region `box` of the canonical volume."""
         with self.clock.phase("resample_2"):
-            stage_input = StageInput(ct.on_grid(box, self.config.stage2.grid), box, ct.shape)
+            request = StageInput(stage_input(ct, box, self.config.stage2.grid)[None], box, ct.shape)
         with self.clock.phase("stage_2"):
-            return self.stage2(stage_input)[0]
+            return self.stage2(request)[0]
 
     def logits_to_region(self, logits: torch.Tensor, box: Box) -> np.ndarray:
         """Stage 2's logits taken back to the region's voxels and turned into labels."""
@@ -192,7 +192,7 @@ class Segmenter:
 
     def _evidence(
         self,
-        ct: WindowedCT,
+        ct: ScanView,
         spacing_mm: tuple[float, float, float],
         coarse: np.ndarray,
         box: Box,
@@ -226,50 +226,6 @@ def _grid_box_to_volume(box: Box, grid: tuple[int, int, int], shape: tuple[int, 
     start = [int(np.floor(s * n / g)) for s, n, g in zip(box.start, shape, grid)]
     stop = [min(n, int(np.ceil(e * n / g))) for e, n, g in zip(box.stop, shape, grid)]
     return Box(tuple(start), tuple(stop))
-
-
-@dataclass(frozen=True)
-class WindowedCT:
-    """A CT clipped to the intensity window, its z-score statistics, and its canonical orientation.
-
-    Kept in the order its voxels lie in memory: a region is cut from that array, resampled
-    and only then reoriented (resampling commutes with axis flips and permutations), so a
-    full-size CT is never copied out of a transposed view. Z-scoring waits until the
-    region is on a stage's small grid (see `normalize.zscore`): the same values as
-    z-scoring first, without a float copy of the whole CT.
-    """
-
-    clipped: np.ndarray  # memory order; int16 for integer CT
-    transform: AxisTransform  # memory order -> canonical
-    mean: float
-    std: float
-
-    @classmethod
-    def of(cls, image_hu: np.ndarray, transform: AxisTransform, window_hu: tuple[float, float]) -> WindowedCT:
-        """`image_hu` with the transform that makes it canonical."""
-        mean, std = ct_statistics(image_hu, window_hu)
-        clipped = clip_to_window(image_hu, window_hu)
-        # Axes in memory order (image arrays are often transposed views, see organseg.io),
-        # so a region is cut from contiguous memory; the transform absorbs the reordering.
-        order = [int(axis) for axis in np.argsort([-stride for stride in clipped.strides], kind="stable")]
-        memory_axis = np.argsort(order)  # axis b of `clipped` is axis memory_axis[b] in memory order
-        in_memory = AxisTransform(tuple(int(memory_axis[p]) for p in transform.permutation), transform.flipped)
-        return cls(clipped.transpose(order), in_memory, mean, std)
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """The canonical volume's shape."""
-        return tuple(self.clipped.shape[p] for p in self.transform.permutation)
-
-    def on_grid(self, box: Box, grid: tuple[int, int, int]) -> torch.Tensor:
-        """The canonical region `box`, resampled to `grid` and z-scored: a (1, 1, *grid) network input."""
-        region = np.ascontiguousarray(self.clipped[self.transform.source_slices(box.slices, self.clipped.shape)])
-        memory_grid = [0, 0, 0]
-        for new_axis, old_axis in enumerate(self.transform.permutation):
-            memory_grid[old_axis] = grid[new_axis]
-        resampled = resample_image(region, tuple(memory_grid)).numpy()
-        canonical = torch.from_numpy(np.ascontiguousarray(self.transform.apply(resampled)))
-        return zscore(canonical, self.mean, self.std)[None, None]
 
 
 def _paste_in_input_order(

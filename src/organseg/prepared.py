@@ -1,15 +1,17 @@
-"""Training cases prepared once: canonical orientation, normalisation statistics, stage-1 grids.
+"""Training cases prepared once: normalisation statistics, canonical labels, stage-1 grids.
 
-Each case is read and reoriented once and stored under `RUN_DIR/cache/` as .npy files that
-are memory-mapped afterwards, so training never re-reads NIfTI files and memory stays flat
+Each case is read once and stored under `RUN_DIR/cache/` as .npy files that are
+memory-mapped afterwards, so training never re-reads NIfTI files and memory stays flat
 however many cases there are (nnU-Net preprocesses the same way):
 
-- `{case}_hu.npy`, `{case}_labels.npy`: the canonical image (HU) and label map at native
-  resolution, for stage 2's crops;
-- `{case}_grid1_image.npy` (float16, normalised) and `{case}_grid1_labels.npy`: the whole
-  volume on stage 1's grid;
-- `{case}.json`: spacing, normalisation statistics, the organs' bounding box, and the
-  settings the files were made with (a change of them remakes the files).
+- `{case}_hu.npy`: the image (HU) at native resolution, its axes in the order the file
+  keeps them in memory: exactly the `ScanView` inference builds from the same file, so
+  stage 2's crops go through `stage_input` as at inference;
+- `{case}_labels.npy`: the label map at native resolution, canonical;
+- `{case}_grid1_image.npy` (float32, `stage_input` of the whole volume) and
+  `{case}_grid1_labels.npy`: the whole volume on stage 1's grid;
+- `{case}.json`: the transform to canonical, spacing, normalisation statistics, the organs'
+  bounding box, and the settings the files were made with (a change of them remakes the files).
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ from organseg.dataset import Case
 from organseg.io import read_image, read_label
 from organseg.labels import IGNORE_LABEL
 from organseg.preprocess.crop import Box, bounding_box
-from organseg.preprocess.normalize import ct_statistics, normalize_ct
-from organseg.preprocess.orientation import canonical_transform
-from organseg.preprocess.resample import resample_image, resample_labels
+from organseg.preprocess.orientation import AxisTransform, canonical_transform
+from organseg.preprocess.resample import resample_labels
+from organseg.preprocess.stage_input import ScanView, stage_input
 from organseg.progress import progress_bar
 
 
@@ -37,13 +39,11 @@ class PreparedCase:
     """One training case in canonical orientation; arrays are memory-mapped."""
 
     case_id: str
-    hu: np.ndarray  # (X, Y, Z) canonical, Hounsfield units
-    labels: np.ndarray  # (X, Y, Z) uint8/uint16
-    spacing_mm: tuple[float, float, float]
-    mean: float  # normalisation statistics of the whole case
-    std: float
+    scan: ScanView  # the image, memory-mapped in its file's memory order
+    labels: np.ndarray  # (X, Y, Z) canonical, uint8/uint16
+    spacing_mm: tuple[float, float, float]  # canonical axes
     organ_box: Box  # all organs, no margin (the whole volume when there are none)
-    grid1_image: np.ndarray  # (G1...) float16, normalised
+    grid1_image: np.ndarray  # (1, G1...) float32, stage 1's input
     grid1_labels: np.ndarray  # (G1...)
     weight: float = 1.0  # loss weight of this case's samples (pseudo-labels weigh less)
     pseudo: bool = False  # labeled by a model, not a person
@@ -69,7 +69,7 @@ def _settings(config: Config) -> dict:
         "window_hu": list(config.window_hu),
         "grid1": list(config.stage1.grid),
         "label_resampling": config.label_resampling,
-        "version": 1,
+        "version": 2,
     }
 
 
@@ -85,18 +85,17 @@ def _write_case(case: Case, cache_dir: Path, config: Config, settings: dict) -> 
     image, label = read_image(case.image), read_label(case.label)
     transform = canonical_transform(image.geometry)
     geometry = transform.apply_geometry(image.geometry)
-    hu = np.ascontiguousarray(transform.apply(image.array))
+    scan = ScanView.of(image.array, transform, config.window_hu)
+    hu = np.ascontiguousarray(scan.voxels)
     if hu.dtype.kind in "iu" and hu.min() >= -32768 and hu.max() <= 32767:
         hu = hu.astype(np.int16)
     labels = np.ascontiguousarray(transform.apply(label.array))
     labels = labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16)
-    mean, std = ct_statistics(hu, config.window_hu)
-    normalized = normalize_ct(hu, config.window_hu, mean, std)
     grid = config.stage1.grid
     arrays = {
         "hu": hu,
         "labels": labels,
-        "grid1_image": resample_image(normalized, grid).numpy().astype(np.float16),
+        "grid1_image": stage_input(scan, Box.whole(scan.shape), grid).numpy(),
         "grid1_labels": resample_labels(labels, grid, config.label_resampling).numpy(),
     }
     for name, array in arrays.items():
@@ -107,9 +106,10 @@ def _write_case(case: Case, cache_dir: Path, config: Config, settings: dict) -> 
     meta = {
         "settings": settings,
         "sources": {"image": str(case.image), "label": str(case.label)},
+        "transform": {"permutation": list(scan.transform.permutation), "flipped": list(scan.transform.flipped)},
         "spacing_mm": list(geometry.spacing_mm),
-        "mean": mean,
-        "std": std,
+        "mean": scan.mean,
+        "std": scan.std,
         "organ_box": [list(box.start), list(box.stop)],
     }
     # The json is written last: its presence says the case is complete.
@@ -122,13 +122,13 @@ def _load_case(cache_dir: Path, case_id: str, weight: float, pseudo: bool) -> Pr
     def array(name: str) -> np.ndarray:
         return np.load(cache_dir / f"{case_id}_{name}.npy", mmap_mode="r")
 
+    transform = AxisTransform(tuple(meta["transform"]["permutation"]), tuple(meta["transform"]["flipped"]))
+    window = tuple(meta["settings"]["window_hu"])
     return PreparedCase(
         case_id=case_id,
-        hu=array("hu"),
+        scan=ScanView(array("hu"), transform, window, meta["mean"], meta["std"]),
         labels=array("labels"),
         spacing_mm=tuple(meta["spacing_mm"]),
-        mean=meta["mean"],
-        std=meta["std"],
         organ_box=Box(*meta["organ_box"]),
         grid1_image=array("grid1_image"),
         grid1_labels=array("grid1_labels"),

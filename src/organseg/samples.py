@@ -15,13 +15,13 @@ from organseg.config import Config
 from organseg.labels import IGNORE_LABEL
 from organseg.prepared import PreparedCase
 from organseg.preprocess.crop import Box, crop, grow_box
-from organseg.preprocess.normalize import normalize_ct
-from organseg.preprocess.resample import resample_image, resample_labels
+from organseg.preprocess.resample import resample_labels
+from organseg.preprocess.stage_input import stage_input
 
 
 def stage1_sample(case: PreparedCase, foreground: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(image (1, G1...) float32, labels (G1...) int64) of the whole volume; 0/1 when `foreground`."""
-    image = torch.from_numpy(np.asarray(case.grid1_image, dtype=np.float32))[None]
+    image = torch.from_numpy(np.array(case.grid1_image, dtype=np.float32))
     labels = torch.from_numpy(np.asarray(case.grid1_labels).astype(np.int64))
     if foreground:  # all organs as class 1; unknown voxels stay unknown
         labels = torch.where(labels == IGNORE_LABEL, IGNORE_LABEL, (labels > 0).long())
@@ -38,15 +38,13 @@ def stage2_sample(
     else:
         margins = rng.uniform(*config.crop.train_margin_mm, size=(2, 3))
         shift = rng.uniform(-config.crop.train_shift_mm, config.crop.train_shift_mm, size=3)
-    box = grow_box(case.organ_box, case.spacing_mm, margins, shift, case.hu.shape)
+    box = grow_box(case.organ_box, case.spacing_mm, margins, shift, case.scan.shape)
     return region_sample(case, box, config)
 
 
 def region_sample(case: PreparedCase, box: Box, config: Config) -> tuple[torch.Tensor, torch.Tensor]:
-    """The region `box` of a case on stage 2's grid: normalised image and labels."""
+    """The region `box` of a case on stage 2's grid: the network input, as at inference, and labels."""
     grid = config.stage2.grid
-    hu = np.asarray(crop(case.hu, box))
-    normalized = normalize_ct(hu, config.window_hu, case.mean, case.std)
-    image = resample_image(normalized, grid)[None]
+    image = stage_input(case.scan, box, grid)
     labels = resample_labels(np.ascontiguousarray(crop(case.labels, box)), grid, config.label_resampling)
     return image, labels.long()

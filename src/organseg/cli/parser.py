@@ -112,7 +112,7 @@ def _add_train(subcommands: argparse._SubParsersAction) -> None:
     _add_settings_arguments(command)
     command.add_argument("--stage", choices=("1", "2", "both"), default="both", help="which stage(s) to train")
     command.add_argument("--resume", action="store_true", help="continue an interrupted run from its last epoch")
-    command.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    _add_device_argument(command)
     command.set_defaults(handler=commands.run_train, distributed=True)
 
 
@@ -129,7 +129,7 @@ def _add_predict(subcommands: argparse._SubParsersAction) -> None:
     command.add_argument("run_dir", type=Path, help="a run folder made by organseg train")
     command.add_argument("input", type=Path, help="image file, DICOM series folder, or folder of images")
     command.add_argument("output", type=Path, help="label map file (for one input) or folder")
-    command.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    _add_device_argument(command)
     command.add_argument(
         "--profile",
         action="store_true",
@@ -138,6 +138,10 @@ def _add_predict(subcommands: argparse._SubParsersAction) -> None:
     )
     _add_shard_argument(command)
     command.set_defaults(handler=commands.run_predict, distributed=True)
+
+
+def _add_device_argument(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
 
 
 def _add_shard_argument(command: argparse.ArgumentParser) -> None:
@@ -175,7 +179,7 @@ def _add_pseudo_label(subcommands: argparse._SubParsersAction) -> None:
     command.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="an ssl setting, e.g. ssl.filter=fraction"
     )
-    command.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    _add_device_argument(command)
     _add_shard_argument(command)
     command.set_defaults(handler=commands.run_pseudo_label, distributed=True)
 
@@ -196,7 +200,7 @@ def _add_ssl(subcommands: argparse._SubParsersAction) -> None:
     command.add_argument("--rounds", type=int, help="students after the teacher (default: ssl.rounds, 1)")
     _add_settings_arguments(command)
     command.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    command.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    _add_device_argument(command)
     command.set_defaults(handler=commands.run_ssl)
 
 
@@ -262,5 +266,5 @@ def _add_demo(subcommands: argparse._SubParsersAction) -> None:
     command.add_argument("out", type=Path, nargs="?", default=Path("organseg_demo"), help="output folder")
     command.add_argument("--seed", type=int, default=0, help="random seed")
     command.add_argument("--quick", action="store_true", help="a smaller, faster version")
-    command.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    _add_device_argument(command)
     command.set_defaults(handler=commands.run_demo)
