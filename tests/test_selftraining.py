@@ -26,7 +26,7 @@ from organseg.labels import IGNORE_LABEL
 from organseg.phantom import write_dataset
 from organseg.pseudolabel import clean_pseudo_label, decide, read_scores, run_pseudo_labeling
 from organseg.runs import TrainingInputs, run_training
-from organseg.selftraining import run_ssl
+from organseg.selftraining import choose_shipped, rounds_table, run_ssl
 from organseg.train import draw_batch
 
 SHAPE = (48, 48, 24)
@@ -236,7 +236,13 @@ def test_ssl_rounds_keep_every_model_manifest_and_metric(phantoms: Path, tmp_pat
     assert {path.name.removesuffix(".json") for path in (run_dir / "round2" / "cache_pseudo").glob("*.json")} == kept
     table = caplog.text
     assert "| organ | full supervision | round 1 | round 2 |" in table and "| liver |" in table
-    assert (run_dir / "rounds.md").read_text().strip() in table
+    assert rounds_table(summary["rounds"], discover_dataset(phantoms).label_set) in table
+    shipped = summary["shipped"]
+    assert shipped == choose_shipped(summary["rounds"]) == json.loads((run_dir / "rounds.json").read_text())["shipped"]
+    assert f"shipped: {shipped['model_dir']}" in table and shipped["reason"] in (run_dir / "rounds.md").read_text()
+    # every student continued from its teacher (ssl.student_init=teacher, the default)
+    for index in (1, 2):
+        assert f"starting from the weights of {run_dir / f'round{index - 1}' / 'stage2' / 'best.pt'}" in table
 
     stamp = (run_dir / "round2" / "stage2" / "last.pt").stat().st_mtime_ns
     again = run_ssl(discover_dataset(phantoms), run_dir, None, "cpu")
@@ -255,7 +261,7 @@ def test_ssl_needs_unlabeled_images(tmp_path: Path) -> None:
 def test_demo_writes_results_for_both_models(tmp_path: Path, monkeypatch, caplog) -> None:
     caplog.set_level(logging.INFO, logger="organseg")
     monkeypatch.setattr(demo_module, "QUICK", {"labeled": 3, "unlabeled": 2, "test": 2})
-    two_rounds = [*TINY, "ssl.rounds=2"]  # as the full demo; the semi-supervised model is the last student
+    two_rounds = [*TINY, "ssl.rounds=2"]  # the semi-supervised model is the shipped round
     monkeypatch.setattr(demo_module, "demo_config", lambda quick, seed: resolve_config("tiny", overrides=two_rounds))
     monkeypatch.setattr(
         demo_module, "write_dataset", lambda folder, **counts: write_dataset(folder, shape=SHAPE, **counts)
@@ -263,7 +269,8 @@ def test_demo_writes_results_for_both_models(tmp_path: Path, monkeypatch, caplog
     results = demo_module.run_demo(tmp_path / "demo", quick=True, device="cpu")
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert saved["full_supervision"]["model_dir"].endswith("round0")
-    assert saved["semi_supervised"]["model_dir"].endswith("round2")
+    assert saved["semi_supervised"]["model_dir"] == saved["shipped"]["model_dir"]
+    assert saved["shipped"]["model_dir"].endswith(f"round{saved['shipped']['round']}") and saved["shipped"]["reason"]
     for model in ("full_supervision", "semi_supervised"):
         entry = saved[model]
         assert set(entry["dsc"]) == set(entry["nsd"]) and "liver" in entry["dsc"] and len(entry["dsc"]) == 13
@@ -274,8 +281,8 @@ def test_demo_writes_results_for_both_models(tmp_path: Path, monkeypatch, caplog
     assert "| organ | full supervision | semi-supervised |" in out and "results.json" in out
 
 
-def test_full_demo_runs_two_rounds_and_quick_one() -> None:
-    assert demo_module.demo_config(quick=False).ssl.rounds == 2
+def test_full_demo_runs_three_rounds_and_quick_one() -> None:
+    assert demo_module.demo_config(quick=False).ssl.rounds == 3
     assert demo_module.demo_config(quick=True).ssl.rounds == 1
 
 

@@ -22,7 +22,7 @@ reproduces a batch); `apply_params` does it, deterministically; `augment` does b
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +76,31 @@ def augment(
     if not config.enabled:
         return image, labels
     return apply_params(image, labels, draw_params(config, generator), mirror_pairs, config.image_fill)
+
+
+# The least probability of each transform in a strong augmentation: every patch is
+# changed, most of them in intensity (which the teacher's pseudo-label does not depend on)
+# and about half of them in shape.
+STRONG_P = {
+    "rotation_p": 0.3,
+    "scale_p": 0.3,
+    "elastic_p": 0.2,
+    "brightness_p": 0.5,
+    "contrast_p": 0.5,
+    "gamma_p": 0.5,
+    "noise_p": 0.3,
+    "blur_p": 0.3,
+}
+
+
+def strong_augment(config: AugmentConfig) -> AugmentConfig:
+    """`config` enabled, each transform at least as likely as STRONG_P says (its ranges kept).
+
+    For pseudo-labeled samples: a student that sees them perturbed beyond what its teacher
+    saw must learn features that survive it, instead of copying the teacher's answers.
+    """
+    raised = {name: max(getattr(config, name), p) for name, p in STRONG_P.items()}
+    return replace(config, enabled=True, **raised)
 
 
 def draw_params(config: AugmentConfig, generator: torch.Generator) -> AugmentParams:

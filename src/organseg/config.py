@@ -151,6 +151,22 @@ class SelfTrainingConfig:
     # every other step), so pseudo-labels cannot crowd the labeled cases out. 0 draws uniformly.
     labeled_fraction: float = 0.5
     pseudo_weight: float = 0.5  # loss weight of a pseudo-labeled sample (a labeled one weighs 1)
+    # How a student starts: "teacher" continues from its teacher's weights (each stage's
+    # best.pt) with a fresh optimiser and schedule, so every round builds on the last;
+    # "scratch" draws new weights, as the paper's student does.
+    student_init: str = "teacher"
+    # Pseudo-labeled samples get a strong augmentation (organseg.augment.strong_augment),
+    # whatever `augment` says for the labeled ones, so the student learns more than its
+    # teacher told it (as in ST++ and FixMatch).
+    strong_augment: bool = True
+    # At most this share of an organ's voxels is marked unknown: an organ's threshold drops
+    # to this quantile of the teacher's confidence inside it, so an organ the teacher finds
+    # but doubts everywhere (often an adrenal gland) still teaches the student. 1: one
+    # threshold, min_voxel_confidence, for every organ.
+    max_unsure_share: float = 0.5
+    # Which model `ssl` ships: "validation" the best of the teacher and every round by mean
+    # validation DSC (a tie goes to the earlier), "last" the last round's student.
+    ship: str = "validation"
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,12 @@ def _ssl_problems(ssl: SelfTrainingConfig) -> list[str]:
         problems.append(f"ssl.labeled_fraction must be in [0, 1], got {ssl.labeled_fraction}")
     if not 0 < ssl.pseudo_weight <= 1:
         problems.append(f"ssl.pseudo_weight must be in (0, 1], got {ssl.pseudo_weight}")
+    if ssl.student_init not in ("teacher", "scratch"):
+        problems.append(f"ssl.student_init must be 'teacher' or 'scratch', got '{ssl.student_init}'")
+    if not 0 < ssl.max_unsure_share <= 1:
+        problems.append(f"ssl.max_unsure_share must be in (0, 1], got {ssl.max_unsure_share}")
+    if ssl.ship not in ("validation", "last"):
+        problems.append(f"ssl.ship must be 'validation' or 'last', got '{ssl.ship}'")
     return problems
 
 

@@ -23,7 +23,8 @@ Clean-up (after the cascade's largest component per organ): pieces under
 `ssl.min_voxel_confidence` > 0, voxels where the teacher's top probability is lower are
 set to IGNORE_LABEL (255, "unknown"), which the student's loss leaves out: an undertrained
 teacher under-segments, and its doubtful borders would otherwise teach the student to shrink
-organs.
+organs. An organ's threshold is lowered so that at most `ssl.max_unsure_share` of its
+voxels become unknown: a small organ the teacher doubts everywhere is not erased.
 
 Quality score: the mean of the model's own evidence (organseg.cascade.Segmentation):
 stage 2's confidence, stage 1 / stage 2 agreement, agreement between two crops, and, from
@@ -153,7 +154,7 @@ def _pseudo_label_case(
     if previous is not None and previous.is_file():
         evidence["previous_agreement"] = mean_dice(labels.array, _known(read_label(previous).array))
     volumes = organ_volumes_ml(labels, segmenter.label_set)
-    unsure = _unsure(segmentation.confidence, settings, segmenter.label_set)
+    unsure = unsure_voxels(segmentation.confidence, labels.array, settings, segmenter.label_set)
     labels = Volume(np.where(unsure, IGNORE_LABEL, labels.array).astype(labels.array.dtype), labels.geometry)
     row = {
         "case": case.case_id,
@@ -169,11 +170,25 @@ def _pseudo_label_case(
     return row
 
 
-def _unsure(confidence: np.ndarray, settings: SelfTrainingConfig, label_set: LabelSet) -> np.ndarray:
-    """Voxels to mark unknown: the teacher's top probability below `min_voxel_confidence`."""
+def unsure_voxels(
+    confidence: np.ndarray, labels: np.ndarray, settings: SelfTrainingConfig, label_set: LabelSet
+) -> np.ndarray:
+    """Voxels to mark unknown: the teacher's top probability below its label's threshold.
+
+    Background's threshold is `min_voxel_confidence`; an organ's is lower where needed so
+    that at most `max_unsure_share` of its voxels become unknown.
+    """
     if settings.min_voxel_confidence <= 0 or label_set.max_id >= IGNORE_LABEL:
         return np.zeros(confidence.shape, bool)
-    return confidence < settings.min_voxel_confidence
+    thresholds = np.full(label_set.max_id + 1, settings.min_voxel_confidence, np.float32)
+    if settings.max_unsure_share < 1:
+        for label in np.unique(labels[labels > 0]):
+            inside = confidence[labels == label]
+            # A value of the organ's own ("lower", not interpolated): strictly below it lie
+            # at most that share of its voxels, ties included.
+            share = float(np.quantile(inside, settings.max_unsure_share, method="lower"))
+            thresholds[label] = min(thresholds[label], share)
+    return confidence < thresholds[labels]
 
 
 def _known(labels: np.ndarray) -> np.ndarray:

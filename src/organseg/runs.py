@@ -44,6 +44,7 @@ class TrainingInputs:
     cache_dir: Path | None = None  # prepared labeled cases shared by several runs (default RUN_DIR/cache)
     split: Split | None = None  # a split the caller chose (self-training: one for every round)
     dataset_checked: bool = False  # the caller checked the dataset already (self-training: once)
+    init_from: Path | None = None  # a run folder whose stages' best.pt start this run's networks
 
 
 def run_training(
@@ -80,7 +81,8 @@ def run_training(
             train_prepared += _prepare(list(inputs.pseudo_cases), pseudo_dir, config, world, pseudo=True)
         results = {}
         for stage in stages:
-            run = StageRun(stage, config, dataset.label_set, run_dir / stage, torch_device, world)
+            start = Path(inputs.init_from) / stage / "best.pt" if inputs.init_from else None
+            run = StageRun(stage, config, dataset.label_set, run_dir / stage, torch_device, world, start)
             results[stage] = train_stage(run, train_prepared, val_prepared, resume)
         return results
 

@@ -5,14 +5,18 @@ RUN_DIR/
   cache/              the labeled cases, prepared once for all rounds
   round0/             the teacher, trained on the labeled cases alone (full supervision)
   round1/pseudo/      round 0's pseudo-labels of the unlabeled images, with their manifest
-  round1/             the student, from scratch on the labeled + kept pseudo-labeled cases
+  round1/             the student, trained on the labeled + kept pseudo-labeled cases, from
+                      its teacher's weights (`ssl.student_init`) or from scratch
   round2/ ...         the same with round 1 as the teacher (`ssl.rounds`)
-  rounds.json         per round: validation DSC and NSD per organ, pseudo-labels kept
+  rounds.json         per round: validation DSC and NSD per organ, pseudo-labels kept; and
+                      which round is shipped, and why (`ssl.ship`)
   rounds.md           the same as a table: full supervision against every round
 
 Every round folder is a complete run for `organseg predict`. All rounds validate on the
-same held-out labeled cases, so their figures compare. `--resume` continues where a run
-stopped: finished rounds are kept, an interrupted training or pseudo-labeling goes on.
+same held-out labeled cases, so their figures compare, and the best of them by mean
+validation DSC is shipped: a round that made the model worse is not the answer. `--resume`
+continues where a run stopped: finished rounds are kept, an interrupted training or
+pseudo-labeling goes on.
 """
 
 from __future__ import annotations
@@ -62,12 +66,38 @@ def run_ssl(dataset: Dataset, run_dir: Path, config: Config | None, device: str 
     rounds = []
     for index in range(config.ssl.rounds + 1):
         pseudo = _pseudo_cases(run_dir, index, dataset, config, device)
-        inputs = TrainingInputs(tuple(pseudo), run_dir / "cache", split, dataset_checked=True)
+        start = round_dir(run_dir, index - 1) if index and config.ssl.student_init == "teacher" else None
+        inputs = TrainingInputs(tuple(pseudo), run_dir / "cache", split, dataset_checked=True, init_from=start)
         _train_round(dataset, run_dir, index, config, inputs, device)
         rounds.append(round_summary(run_dir, index, dataset, pseudo, len(dataset.unlabeled), device))
-        _write_summary(run_dir, rounds, dataset.label_set)
+        _write_summary(run_dir, {"rounds": rounds}, dataset.label_set)
+    summary = {"rounds": rounds, "shipped": choose_shipped(rounds, config.ssl.ship)}
+    _write_summary(run_dir, summary, dataset.label_set)
     log.info("%s", rounds_table(rounds, dataset.label_set))
-    return {"rounds": rounds}
+    log.info("shipped: %s, %s", summary["shipped"]["model_dir"], summary["shipped"]["reason"])
+    return summary
+
+
+def choose_shipped(rounds: list[dict], rule: str = "validation") -> dict:
+    """The round to ship: {"round", "model_dir", "reason"}.
+
+    "validation": the highest mean validation DSC, the earlier round on a tie (a student
+    must be better, not as good, to replace its teacher); "last": the last round. Without
+    a validation case there is nothing to choose by, and the last round is shipped.
+    """
+    last = rounds[-1]
+    scores = [r["mean"]["dsc"] for r in rounds]
+    if rule == "last" or any(score is None for score in scores):
+        why = "ssl.ship=last" if rule == "last" else "no validation score to choose by"
+        return {"round": last["round"], "model_dir": last["model_dir"], "reason": f"the last round: {why}"}
+    best = rounds[scores.index(max(scores))]
+    others = ", ".join(f"{_round_name(r['round'])} {r['mean']['dsc']:.3f}" for r in rounds if r is not best)
+    reason = f"the highest mean validation DSC, {best['mean']['dsc']:.3f} (against {others})"
+    return {"round": best["round"], "model_dir": best["model_dir"], "reason": reason}
+
+
+def _round_name(index: int) -> str:
+    return "the teacher" if index == 0 else f"round {index}"
 
 
 def _ssl_config(run_dir: Path, config: Config | None) -> Config:
@@ -140,9 +170,13 @@ def validation_scores(model_dir: Path, dataset: Dataset, device: str = "auto") -
     }
 
 
-def _write_summary(run_dir: Path, rounds: list[dict], label_set: LabelSet) -> None:
-    write_json(run_dir / "rounds.json", {"rounds": rounds})
-    write_text(run_dir / "rounds.md", rounds_table(rounds, label_set) + "\n")
+def _write_summary(run_dir: Path, summary: dict, label_set: LabelSet) -> None:
+    write_json(run_dir / "rounds.json", summary)
+    text = rounds_table(summary["rounds"], label_set) + "\n"
+    if "shipped" in summary:
+        shipped = summary["shipped"]
+        text += f"\nshipped: {_round_name(shipped['round'])}, {shipped['model_dir']}: {shipped['reason']}\n"
+    write_text(run_dir / "rounds.md", text)
 
 
 def rounds_table(rounds: list[dict], label_set: LabelSet) -> str:

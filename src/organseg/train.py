@@ -26,9 +26,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from organseg.atomic import append_line, atomic_write, read_jsonl
-from organseg.augment import augment
+from organseg.augment import augment, strong_augment
 from organseg.checkpoint import load_checkpoint, save_checkpoint
-from organseg.config import Config, StageConfig, to_dict
+from organseg.config import AugmentConfig, Config, StageConfig, to_dict
 from organseg.device import autocast, training_memory_format, use_bf16
 from organseg.distributed import ALONE, World
 from organseg.errors import InputError
@@ -70,6 +70,7 @@ class StageRun:
     stage_dir: Path
     device: torch.device
     world: World = ALONE
+    init_from: Path | None = None  # a checkpoint whose weights start the network (a student's teacher)
 
     @property
     def stage(self) -> StageConfig:
@@ -116,6 +117,9 @@ def train_stage(run: StageRun, train_cases: list[PreparedCase], val_cases: list[
         raise InputError(
             f"{run.stage_dir}: already holds a trained {run.name}; use --resume to continue or a new RUN_DIR"
         )
+    elif run.init_from is not None:
+        warm_start(state.model, run.init_from, run.device)
+        log.info("%s: starting from the weights of %s", run.name, run.init_from)
     world.barrier()  # every process has looked at last.pt before rank 0 writes the next one
     if world.is_distributed:
         # Wrapped after the restore: DDP starts every replica from rank 0's weights.
@@ -141,6 +145,19 @@ def _count(bar, iterations: int):
     for index in range(iterations):
         yield index
         bar.update(1)
+
+
+def warm_start(model: UNet3D, checkpoint: Path, device: torch.device) -> None:
+    """Load a trained network's weights into `model`; the optimiser and schedule start afresh."""
+    if not Path(checkpoint).is_file():
+        raise InputError(f"{checkpoint}: no such checkpoint to start from; train that model first")
+    content = load_checkpoint(checkpoint, device)
+    if json.dumps(content["net"]) != json.dumps(model.init_kwargs):  # tuples and lists alike
+        raise InputError(
+            f"{checkpoint}: its network ({content['net']}) differs from this run's ({model.init_kwargs}); "
+            "a student can start from its teacher only with the same network settings"
+        )
+    model.load_state_dict(content["model"])
 
 
 def _initial_state(run: StageRun) -> StageState:
@@ -183,7 +200,7 @@ def _train_step(run: StageRun, state: StageState, cases: list[PreparedCase]) -> 
     for case in draw_batch(cases, run.stage.batch_size, run.config.ssl.labeled_fraction, state.rng):
         image, labels = _sample(run, case, state.rng)
         pairs = () if run.foreground_only else run.label_set.mirror_pairs()
-        image, labels = augment(image, labels, run.config.augment, state.generator, pairs)
+        image, labels = augment(image, labels, augment_settings(run.config, case), state.generator, pairs)
         images.append(image)
         targets.append(labels)
         weights.append(case.weight)
@@ -199,6 +216,13 @@ def _train_step(run: StageRun, state: StageState, cases: list[PreparedCase]) -> 
     loss.backward()
     state.optimizer.step()
     return float(loss.detach())
+
+
+def augment_settings(config: Config, case: PreparedCase) -> AugmentConfig:
+    """A sample's augmentation: strong for pseudo-labeled cases when `ssl.strong_augment`, else `augment`."""
+    if case.pseudo and config.ssl.strong_augment:
+        return strong_augment(config.augment)
+    return config.augment
 
 
 def draw_batch(

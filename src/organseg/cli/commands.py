@@ -124,8 +124,10 @@ def run_ssl(args: argparse.Namespace) -> None:
     from organseg.selftraining import run_ssl as run_rounds
 
     config = _settings(args, [f"ssl.rounds={args.rounds}"] if args.rounds is not None else [])
-    run_rounds(_dataset_from_args(args), args.run_dir, config, args.device)
+    shipped = run_rounds(_dataset_from_args(args), args.run_dir, config, args.device)["shipped"]
     print(f"rounds in {args.run_dir}; table: {args.run_dir / 'rounds.md'}")
+    print(f"shipped: {shipped['model_dir']}, {shipped['reason']}")
+    print(f"predict with it: organseg predict {shipped['model_dir']} IN OUT")
 
 
 def _check_workers(args: argparse.Namespace) -> None:
