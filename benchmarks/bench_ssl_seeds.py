@@ -182,13 +182,16 @@ def summary_table(rows: list[dict]) -> str:
     for row in rows:
         cells = [f"{row['test'][n]['mean_dsc']:.3f} / {row['test'][n]['mean_nsd']:.3f}" for n in names]
         lines.append(f"| {row['seed']} | round {row['shipped_round']} | " + " | ".join(cells) + " |")
-    lines += ["", "paired differences in test mean DSC (shipped model minus control), per seed; mean +- sd:", ""]
-    for control in names:
-        differences = [_shipped(row)["mean_dsc"] - row["test"][control]["mean_dsc"] for row in rows]
-        per_seed = ", ".join(f"{d:+.3f}" for d in differences)
-        lines.append(f"- shipped - {control}: {per_seed}; {np.mean(differences):+.3f} +- {_sd(differences):.3f}")
+    for metric in ("mean_dsc", "mean_nsd"):
+        lines += ["", f"paired differences in test {metric} (shipped model minus control), per seed; mean +- sd:", ""]
+        for control in names:
+            differences = [_shipped(row)[metric] - row["test"][control][metric] for row in rows]
+            per_seed = ", ".join(f"{d:+.3f}" for d in differences)
+            lines.append(f"- shipped - {control}: {per_seed}; {np.mean(differences):+.3f} +- {_sd(differences):.3f}")
     shipped = [_shipped(row)["mean_dsc"] for row in rows]
     lines.append(f"- shipped model's test mean DSC: {np.mean(shipped):.3f} +- {_sd(shipped):.3f}")
+    minutes = ", ".join(f"{row['ssl_minutes']:.1f}" for row in rows)
+    lines.append(f"- minutes of each seed's self-training run (teacher, rounds, validation): {minutes}")
     lines += ["", organ_changes(rows)]
     return "\n".join(lines)
 

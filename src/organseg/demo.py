@@ -10,7 +10,7 @@
    semi-supervised model's test predictions (OUT_DIR/report/index.html).
 
 The models use the `cpu` preset's networks and grids with shorter schedules (DEMO_SETTINGS),
-so the whole job takes about 13 minutes on 2 CPU cores without AMX (benchmarks/RESULTS.md).
+so the whole job takes about 15 minutes on 2 CPU cores without AMX (benchmarks/RESULTS.md).
 The semi-supervised model has had more training steps than the full-supervision one (its
 teachers' and its own); benchmarks/bench_ssl_seeds.py also compares it with full
 supervision trained for as many steps.
