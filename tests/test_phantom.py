@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -237,3 +238,18 @@ def test_save_overlay_png_writes_a_png(tmp_path, cases):
     for name in ("overlay.png", "plain.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["overlay.png", "plain.png"]
+
+
+def test_dicom_phantoms_are_byte_identical_per_seed(tmp_path: Path) -> None:
+    first, second = (
+        write_dataset(tmp_path / name, labeled=1, unlabeled=0, test=0, seed=3, shape=(24, 20, 16), dicom="coronal")
+        for name in ("a", "b")
+    )
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert any(p.suffix == ".dcm" for p in files)
+    assert all((first / p).read_bytes() == (second / p).read_bytes() for p in files)
+
+
+def test_unknown_dicom_orientation_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="unknown DICOM orientation"):
+        write_dataset(tmp_path / "x", labeled=1, unlabeled=0, test=0, seed=3, dicom="diagonal")

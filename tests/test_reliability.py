@@ -779,13 +779,14 @@ def test_memory_stays_flat_over_a_50_case_batch(tiny_run: Path, tmp_path: Path, 
     for index in range(50):
         write_volume(ct_volume(shape=shapes[index % 3], seed=index), images / f"case{index:02d}.nii.gz")
     resident_mb = []
-    real_write = predict_module.write_label
+    real_write = predict_module.write_outputs
 
-    def write_and_measure(*args, **kwargs) -> None:
-        real_write(*args, **kwargs)
+    def write_and_measure(*args, **kwargs) -> list[Path]:
+        written = real_write(*args, **kwargs)
         resident_mb.append(_resident_mb())
+        return written
 
-    monkeypatch.setattr(predict_module, "write_label", write_and_measure)
+    monkeypatch.setattr(predict_module, "write_outputs", write_and_measure)
     written = run_prediction(tiny_run, images, tmp_path / "out", device="cpu")
     assert len(written) == len(resident_mb) == 50
     growth = resident_mb[49] - resident_mb[9]

@@ -113,7 +113,7 @@ class Segmenter:
         for stage in ("stage1", "stage2"):
             content = load_checkpoint(run_dir / stage / "best.pt", "cpu")
             config = from_dict(content["config"], base=Config(), source=str(run_dir / stage / "best.pt"))
-            label_set = LabelSet.from_mapping(content["labels"])
+            label_set = LabelSet.from_mapping(content["labels"], codes=content.get("label_codes"))
             model = UNet3D(**content["net"])
             model.load_state_dict(content["model"])
             predictors.append(NetworkPredictor(model, torch_device, use_bf16(torch_device, config.precision)))

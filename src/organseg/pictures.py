@@ -8,29 +8,13 @@ import numpy as np
 
 from organseg.atomic import atomic_write
 from organseg.io import Volume
-from organseg.labels import FLARE22, LabelSet
+from organseg.labels import FLARE22, PALETTE, LabelSet
 from organseg.preprocess.crop import bounding_box
 from organseg.preprocess.orientation import canonical_transform
 
 # Soft-tissue CT window (HU): abdominal organs are told apart inside it.
 DISPLAY_WINDOW_HU = (-160.0, 240.0)
 OVERLAY_ALPHA = 0.45
-# One fixed colour per label id 1..13 (FLARE22 order), reused cyclically for larger ids.
-PALETTE = (
-    "#e6194b",  # liver
-    "#3cb44b",  # right kidney
-    "#4363d8",  # spleen
-    "#ffe119",  # pancreas
-    "#f58231",  # aorta
-    "#911eb4",  # inferior vena cava
-    "#46f0f0",  # right adrenal gland
-    "#f032e6",  # left adrenal gland
-    "#bcf60c",  # gallbladder
-    "#fabebe",  # esophagus
-    "#008080",  # stomach
-    "#e6beff",  # duodenum
-    "#aaffc3",  # left kidney
-)
 
 
 def save_overlay_png(

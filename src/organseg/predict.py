@@ -1,7 +1,9 @@
 """`organseg predict`: one image, one DICOM series or a folder of images, with the model loaded once.
 
-Each label map is written atomically on exactly its input's grid. In folder mode, label
-maps already present are skipped, so an interrupted batch resumes where it stopped.
+Each label map is written atomically on exactly its input's grid; for DICOM series it can
+also be written as a DICOM SEG and an RTSTRUCT (organseg.dicom.outputs). In folder mode,
+cases whose outputs are all present are skipped, so an interrupted batch resumes where it
+stopped.
 
 With `profile`, each case's reading, prediction and writing is profiled (see
 `organseg.profiling`): OUTPUT/profile.csv and profile.json when OUTPUT is a folder, else
@@ -24,8 +26,9 @@ from organseg.atomic import split_suffix
 from organseg.cascade import Segmenter
 from organseg.dataset import Case, folder_cases, is_dicom_series
 from organseg.device import resolve_device
+from organseg.dicom.outputs import DICOM_TYPES, output_paths, source_for, write_outputs
 from organseg.errors import InputError
-from organseg.io import Volume, case_id, is_image_path, read_image, write_label
+from organseg.io import Volume, case_id, is_image_path, read_image
 from organseg.memory import release_free_memory
 from organseg.profiling import Profiler, write_profile
 from organseg.progress import progress_bar
@@ -42,27 +45,30 @@ def run_prediction(
     device: str = "auto",
     profile: bool = False,
     shard: Shard = WHOLE,
+    output_types: tuple[str, ...] = ("nifti",),
 ) -> list[Path]:
-    """Segment `source` into `output`; returns the label maps written.
+    """Segment `source` into `output`; returns the files written.
 
     With `profile`, also writes the efficiency profile of every case predicted (see the module notes).
-    `shard`: of a folder, only this shard's cases.
+    `shard`: of a folder, only this shard's cases. `output_types`: some of organseg.dicom.outputs.OUTPUT_TYPES.
     """
     source, output = Path(source), Path(output)
-    jobs = _jobs(source, output, shard)
+    jobs = _jobs(source, output, shard, output_types)
     loading = time.perf_counter()
     segmenter = Segmenter.from_run(run_dir, device)
     load_s = time.perf_counter() - loading
     profiler = Profiler.for_device(resolve_device(device)) if profile else None
+    model = Path(run_dir).resolve().name
     written = []
-    for case, target in progress_bar(jobs, desc="predicting", unit="case"):
+    for case, paths in progress_bar(jobs, desc="predicting", unit="case"):
         with profiler.case(case.case_id) if profiler else contextlib.nullcontext():
             with segmenter.clock.phase("read"):
                 image = read_image(case.image)
+                # Checked before the networks run: a series that DICOM outputs cannot refer to fails early.
+                dicom_source = source_for(paths, case.image, image.geometry)
             labels = _segment(segmenter, image, case.image)
             with segmenter.clock.phase("write"):
-                write_label(labels.array, labels.geometry, target)
-        written.append(target)
+                written += write_outputs(labels, paths, segmenter.label_set, model, dicom_source)
         release_free_memory()  # a batch of full-size CTs must not grow the process (organseg.memory)
         phases = segmenter.clock.take()
         if profiler:
@@ -94,8 +100,25 @@ def profile_paths(output: Path, shard: Shard = WHOLE) -> tuple[Path, Path]:
     return output.with_name(f"{stem}.profile.csv"), output.with_name(f"{stem}.profile.json")
 
 
-def _jobs(source: Path, output: Path, shard: Shard) -> list[tuple[Case, Path]]:
-    """(case, label map path) pairs; in folder mode the shard's, less the ones already written."""
+def _jobs(source: Path, output: Path, shard: Shard, output_types: tuple[str, ...]) -> list[tuple[Case, dict]]:
+    """(case, {output type: path}) pairs; in folder mode the shard's, less those with every output written."""
+    pairs = _label_map_jobs(source, output, shard)
+    jobs = [(case, output_paths(target, output_types)) for case, target in pairs]
+    if any(kind in DICOM_TYPES for kind in output_types):
+        for case, _ in jobs:
+            if not case.image.is_dir():
+                raise InputError(
+                    f"{case.image}: DICOM outputs (dicom-seg, rtstruct) need a DICOM series as input; "
+                    "give the series folder, or ask for --output-type nifti"
+                )
+    if source.is_file() or is_dicom_series(source):
+        return jobs
+    output.mkdir(parents=True, exist_ok=True)
+    return [(case, paths) for case, paths in jobs if not all(path.exists() for path in paths.values())]
+
+
+def _label_map_jobs(source: Path, output: Path, shard: Shard) -> list[tuple[Case, Path]]:
+    """(case, label map path) pairs; in folder mode the shard's."""
     if not source.exists():
         raise InputError(f"{source}: no such file or folder; check the path")
     if (source.is_file() or is_dicom_series(source)) and not shard.is_whole:
@@ -113,9 +136,7 @@ def _jobs(source: Path, output: Path, shard: Shard) -> list[tuple[Case, Path]]:
     cases = shard.select(folder_cases(source), key=lambda case: case.case_id)
     if output.exists() and not output.is_dir():
         raise InputError(f"{output}: is a file; a folder of images needs an output folder")
-    output.mkdir(parents=True, exist_ok=True)
-    pairs = [(case, output / f"{case.case_id}{OUTPUT_SUFFIX}") for case in cases]
-    return [(case, target) for case, target in pairs if not target.exists()]
+    return [(case, output / f"{case.case_id}{OUTPUT_SUFFIX}") for case in cases]
 
 
 def _case_id(path: Path) -> str:

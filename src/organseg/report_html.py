@@ -10,9 +10,8 @@ from urllib.parse import quote
 import numpy as np
 
 from organseg.evaluate import EvaluationResult
-from organseg.labels import LabelSet
+from organseg.labels import LabelSet, label_colour
 from organseg.metrics import finite_mean
-from organseg.pictures import PALETTE
 
 
 @dataclass(frozen=True)
@@ -87,7 +86,7 @@ def _number(value: float | None, digits: int) -> str:
 
 
 def _swatch(label: int) -> str:
-    return f'<span class="swatch" style="background:{PALETTE[(label - 1) % len(PALETTE)]}"></span>'
+    return f'<span class="swatch" style="background:{label_colour(label)}"></span>'
 
 
 def case_page(case: str) -> str:

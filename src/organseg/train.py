@@ -325,6 +325,7 @@ def _content(run: StageRun, state: StageState, streams: list[dict]) -> dict:
         "rng": _random_state(state),
         "config": to_dict(run.config),
         "labels": run.label_set.to_json(),
+        "label_codes": run.label_set.codes_to_json(),
     }
     if len(streams) > 1:
         content["rng_ranks"] = streams

@@ -20,7 +20,7 @@ def run_phantom(args: argparse.Namespace) -> None:
         raise InputError(f"--shape must be at least 16 voxels per axis, got {args.shape}")
     shape = tuple(args.shape) if args.shape else None
     counts = {"labeled": args.labeled, "unlabeled": args.unlabeled, "test": args.test}
-    root = write_dataset(args.out, seed=args.seed, shape=shape, **counts)
+    root = write_dataset(args.out, seed=args.seed, shape=shape, dicom=args.dicom, **counts)
     print(f"wrote phantom dataset to {root}")
 
 
@@ -84,12 +84,14 @@ def _worker(args: argparse.Namespace):
 
 
 def run_predict(args: argparse.Namespace) -> None:
+    from organseg.dicom.outputs import parse_output_types
     from organseg.predict import profile_paths, run_prediction
 
+    output_types = parse_output_types(args.output_type)
     shard, device = _worker(args)
-    written = run_prediction(args.run_dir, args.input, args.output, device, args.profile, shard)
+    written = run_prediction(args.run_dir, args.input, args.output, device, args.profile, shard, output_types)
     where = "" if shard.is_whole else f" (shard {shard})"
-    print(f"wrote {len(written)} label map(s) to {args.output}{where}")
+    print(f"wrote {len(written)} file(s) to {args.output}{where}")
     if args.profile and written:
         csv_path, json_path = profile_paths(args.output, shard)
         print(f"efficiency profile: {csv_path}, {json_path}")

@@ -68,6 +68,15 @@ def _add_phantom(subcommands: argparse._SubParsersAction) -> None:
         help="voxels along the patient's right-left, front-back and foot-head axes, e.g. 512 512 100 "
         "(stored in each case's random header axis order; default: small, varied per case)",
     )
+    command.add_argument(
+        "--dicom",
+        nargs="?",
+        const="mixed",
+        metavar="ORIENTATION",
+        help="write each image as a DICOM CT series folder in this slice orientation: axial, axial-reversed "
+        "(files numbered head to foot), coronal, sagittal, oblique (12 degree tilt), or mixed (the five in "
+        "turn, case by case; the default of a bare --dicom); label maps stay NIfTI on the series' grid",
+    )
     command.set_defaults(handler=commands.run_phantom)
 
 
@@ -129,6 +138,14 @@ def _add_predict(subcommands: argparse._SubParsersAction) -> None:
     command.add_argument("run_dir", type=Path, help="a run folder made by organseg train")
     command.add_argument("input", type=Path, help="image file, DICOM series folder, or folder of images")
     command.add_argument("output", type=Path, help="label map file (for one input) or folder")
+    command.add_argument(
+        "--output-type",
+        default="nifti",
+        metavar="TYPES",
+        help="comma-separated, one or more of: nifti (label map, the default), dicom-seg (DICOM Segmentation, "
+        "for PACS and viewers), rtstruct (RT Structure Set, for treatment planning); the DICOM ones need a "
+        "DICOM series input and are written beside the label map path as CASE.seg.dcm, CASE.rtstruct.dcm",
+    )
     _add_device_argument(command)
     command.add_argument(
         "--profile",

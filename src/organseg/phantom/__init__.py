@@ -7,7 +7,7 @@ orientation. `write_dataset` writes many of them in the nnU-Net v2 raw layout.
 
 Modules: canvas (grid, deformation, smooth random fields), shapes (ellipsoids, tubes),
 body (everything but the organs), organs (the 13 organs), tones (HU and scanner effects),
-case (one case), writer (a dataset).
+case (one case), orientations (slice orientations for DICOM series), writer (a dataset).
 """
 
 from organseg.phantom.case import generate_case
