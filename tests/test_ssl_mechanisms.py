@@ -44,7 +44,7 @@ def test_strong_augmentation_raises_each_probability_and_keeps_the_ranges() -> N
 
 def test_only_pseudo_labeled_samples_get_the_strong_augmentation() -> None:
     config = resolve_config("cpu", overrides=["augment.enabled=false"])
-    labeled, pseudo = SimpleNamespace(pseudo=False), SimpleNamespace(pseudo=True)
+    labeled, pseudo = SimpleNamespace(pseudo=False, annotated=None), SimpleNamespace(pseudo=True, annotated=None)
     assert augment_settings(config, labeled) is config.augment
     assert augment_settings(config, pseudo) == strong_augment(config.augment)
     plain = resolve_config("cpu", overrides=["augment.enabled=false", "ssl.strong_augment=false"])
@@ -67,13 +67,13 @@ def test_a_training_step_augments_exactly_its_pseudo_labeled_samples(
     phantoms: Path, teacher: Path, tmp_path: Path, monkeypatch
 ) -> None:
     seen = []
-    real = train_module.augment
+    real = train_module.augment_drawn
 
     def spy(image, labels, config, generator, pairs=()):
         seen.append(config.enabled)
         return real(image, labels, config, generator, pairs)
 
-    monkeypatch.setattr(train_module, "augment", spy)
+    monkeypatch.setattr(train_module, "augment_drawn", spy)
     dataset = discover_dataset(phantoms)
     pseudo = tuple(Case(c.case_id, c.image, c.label) for c in dataset.labeled[:2])  # stand-in pseudo-labels
     config = resolve_config("tiny", overrides=[*TINY, "augment.enabled=false", "ssl.labeled_fraction=0.5"])

@@ -72,10 +72,30 @@ def augment(
 
     May return the input tensors themselves when nothing was drawn.
     """
+    return augment_drawn(image, labels, config, generator, mirror_pairs)[:2]
+
+
+def augment_drawn(
+    image: torch.Tensor,
+    labels: torch.Tensor,
+    config: AugmentConfig,
+    generator: torch.Generator,
+    mirror_pairs: LabelPairs = (),
+) -> tuple[torch.Tensor, torch.Tensor, AugmentParams]:
+    """`augment`, and the augmentation drawn (what else a sample carries may need to follow it)."""
     _check_patch(image, labels, mirror_pairs)
     if not config.enabled:
-        return image, labels
-    return apply_params(image, labels, draw_params(config, generator), mirror_pairs, config.image_fill)
+        return image, labels, AugmentParams()
+    params = draw_params(config, generator)
+    return (*apply_params(image, labels, params, mirror_pairs, config.image_fill), params)
+
+
+def mirrored_ids(ids: tuple[int, ...], params: AugmentParams, mirror_pairs: LabelPairs) -> tuple[int, ...]:
+    """What label ids `ids` of a patch are after `params`: left-right mirroring swaps each pair."""
+    if 0 not in params.mirror_axes:
+        return ids
+    swap = {a: b for pair in mirror_pairs for a, b in (pair, pair[::-1])}
+    return tuple(sorted(swap.get(label, label) for label in ids))
 
 
 # The least probability of each transform in a strong augmentation: every patch is

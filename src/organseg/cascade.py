@@ -55,6 +55,9 @@ class StageInput:
 
 Predictor = Callable[[StageInput], torch.Tensor]  # -> logits (1, C, G...)
 
+# The logit of a class that must not win: finite, since interpolating logits multiplies
+# them by weights that may be 0 (and 0 * -inf is NaN); its probability is still 0.
+NEVER_LOGIT = -1e9
 # The second, looser box of the crop-agreement score: this much more margin on every face.
 LOOSE_BOX_MM = 10.0
 
@@ -93,11 +96,16 @@ class NetworkPredictor:
 class Segmenter:
     """Two stages and the settings that join them; `predict` maps a CT Volume to its label Volume."""
 
-    def __init__(self, stage1: Predictor, stage2: Predictor, config: Config, label_set: LabelSet):
+    def __init__(
+        self, stage1: Predictor, stage2: Predictor, config: Config, label_set: LabelSet, unlearnt: tuple[int, ...] = ()
+    ):
         self.stage1 = stage1
         self.stage2 = stage2
         self.config = config
         self.label_set = label_set
+        # Classes no training case annotated (partial labels): their outputs were never taught, so
+        # they are merged into background rather than predicted from nothing.
+        self.unlearnt = tuple(unlearnt)
         self.clock = PhaseClock()  # seconds spent in each phase, for profiling
 
     @classmethod
@@ -109,15 +117,15 @@ class Segmenter:
                 f"{run_dir}: no trained model (stage1/best.pt and stage2/best.pt); run organseg train first"
             )
         torch_device = resolve_device(device)
-        predictors, config, label_set = [], None, None
+        predictors, contents = [], []
         for stage in ("stage1", "stage2"):
-            content = load_checkpoint(run_dir / stage / "best.pt", "cpu")
-            config = from_dict(content["config"], base=Config(), source=str(run_dir / stage / "best.pt"))
-            label_set = LabelSet.from_mapping(content["labels"], codes=content.get("label_codes"))
-            model = UNet3D(**content["net"])
-            model.load_state_dict(content["model"])
-            predictors.append(NetworkPredictor(model, torch_device, use_bf16(torch_device, config.precision)))
-        return cls(predictors[0], predictors[1], config, label_set)
+            predictor, content = load_stage(run_dir / stage / "best.pt", torch_device)
+            predictors.append(predictor)
+            contents.append(content)
+        content = contents[-1]
+        config = from_dict(content["config"], base=Config(), source=str(run_dir / "stage2" / "best.pt"))
+        label_set = LabelSet.from_mapping(content["labels"], codes=content.get("label_codes"))
+        return cls(predictors[0], predictors[1], config, label_set, tuple(content.get("unlearnt", ())))
 
     def predict(self, image: Volume) -> Volume:
         """The label map of `image` on exactly its grid (shape, spacing, origin, direction)."""
@@ -156,18 +164,19 @@ class Segmenter:
         with self.clock.phase("resample_1"):
             request = StageInput(stage_input(ct, whole, self.config.stage1.grid)[None], whole, ct.shape)
         with self.clock.phase("stage_1"):
-            return self.stage1(request)[0].argmax(0).numpy().astype(np.uint8)
+            logits = self.stage1(request)[0]
+            if self.config.stage1_target != "foreground":
+                logits = merge_unlearnt(logits, self.unlearnt)
+            return logits.argmax(0).numpy().astype(np.uint8)
 
     def box_from_coarse(
         self, coarse: np.ndarray, shape: tuple[int, int, int], spacing_mm: tuple[float, float, float]
     ) -> Box:
         """The box of stage 1's largest organ blob on the volume, grown by the margin; the whole volume if none."""
-        largest = keep_largest_component(coarse)  # a stray blob must not stretch the box
-        if not largest.any():
+        box = organ_box_from_coarse(coarse, shape)
+        if box is None:
             log.warning("stage 1 found no organ; stage 2 segments the whole volume")
             return Box.whole(shape)
-        box_on_grid = bounding_box(largest > 0, spacing_mm=(1.0, 1.0, 1.0))
-        box = _grid_box_to_volume(box_on_grid, coarse.shape, shape)
         margins = np.full((2, 3), self.config.crop.margin_mm)
         return grow_box(box, spacing_mm, margins, np.zeros(3), shape)
 
@@ -180,7 +189,7 @@ class Segmenter:
         with self.clock.phase("resample_2"):
             request = StageInput(stage_input(ct, box, self.config.stage2.grid)[None], box, ct.shape)
         with self.clock.phase("stage_2"):
-            return self.stage2(request)[0]
+            return merge_unlearnt(self.stage2(request)[0], self.unlearnt)
 
     def logits_to_region(self, logits: torch.Tensor, box: Box) -> np.ndarray:
         """Stage 2's logits taken back to the region's voxels and turned into labels."""
@@ -219,6 +228,33 @@ class Segmenter:
             "stage_agreement": stage_agreement,
             "crop_agreement": crop_agreement,
         }
+
+
+def load_stage(checkpoint: Path, device: torch.device) -> tuple[NetworkPredictor, dict]:
+    """A stage's network from its checkpoint, as a Predictor; and the checkpoint's content."""
+    content = load_checkpoint(checkpoint, "cpu")
+    config = from_dict(content["config"], base=Config(), source=str(checkpoint))
+    model = UNet3D(**content["net"])
+    model.load_state_dict(content["model"])
+    return NetworkPredictor(model, device, use_bf16(device, config.precision)), content
+
+
+def organ_box_from_coarse(coarse: np.ndarray, shape: tuple[int, int, int]) -> Box | None:
+    """The volume's box (no margin) of stage 1's largest organ blob on its grid; None if it found none."""
+    largest = keep_largest_component(coarse)  # a stray blob must not stretch the box
+    if not largest.any():
+        return None
+    return _grid_box_to_volume(bounding_box(largest > 0, spacing_mm=(1.0, 1.0, 1.0)), coarse.shape, shape)
+
+
+def merge_unlearnt(logits: torch.Tensor, unlearnt: tuple[int, ...]) -> torch.Tensor:
+    """Logits (C, ...) in which the classes `unlearnt` count as background: their probability joins it."""
+    if not unlearnt:
+        return logits
+    merged = logits.float().clone()
+    merged[0] = torch.logsumexp(merged[[0, *unlearnt]], dim=0)
+    merged[list(unlearnt)] = NEVER_LOGIT
+    return merged
 
 
 def _grid_box_to_volume(box: Box, grid: tuple[int, int, int], shape: tuple[int, int, int]) -> Box:

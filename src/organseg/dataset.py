@@ -5,6 +5,10 @@ optional `imagesTs/`, `labelsTs/`, `imagesUnlabeled/`; names follow nnU-Net stri
 folders that override those defaults or work without a root (a FLARE22 download: image names may
 or may not end in `_0000`; a subfolder of DICOM files is one case named after the folder).
 
+A labeled case may annotate only some organs (`partial_labels` in dataset.json, or a JSON
+file of the same mapping in explicit-folder mode: {case id: [organ names]}); a case not
+listed annotates every organ.
+
 `discover_dataset` only lists files. What it finds wrong (bad names, duplicates, orphan labels)
 travels in `Dataset.problems`, so `organseg.dataset_checks.check_dataset` reports it together with
 what reading every file finds: the user sees every problem in one pass.
@@ -33,6 +37,7 @@ class Case:
     case_id: str
     image: Path
     label: Path | None
+    annotated: tuple[int, ...] | None = None  # label ids its label map annotates; None: all of them
 
 
 @dataclass(frozen=True)
@@ -69,10 +74,12 @@ def discover_dataset(
     test_images: Path | None = None,
     test_labels: Path | None = None,
     dataset_json: Path | None = None,
+    partial_labels: Path | None = None,
 ) -> Dataset:
     """List a dataset's cases: an nnU-Net v2 raw folder `root`, explicit folders, or both.
 
-    Explicit folders replace the root's defaults. Raises InputError only when nothing can be
+    Explicit folders replace the root's defaults; `partial_labels`, a JSON file of
+    {case id: [organ names]}, replaces dataset.json's `partial_labels`. Raises InputError only when nothing can be
     listed (no root and no folders, a missing root without folders, a malformed dataset.json).
     """
     notes = _Notes()
@@ -82,6 +89,8 @@ def discover_dataset(
     train, train_labels = _pick(images, root, "imagesTr"), _pick(labels, root, "labelsTr")
     seen: dict[str, Path] = {}  # case ids must be unique across training and unlabeled images
     labeled = finder.pair(finder.images(*train, seen, named=False), finder.labels(*train_labels), train[0])
+    declared = _read_partial_labels(root, dataset_json, partial_labels, label_set, notes)
+    labeled = _with_annotations(labeled, declared, notes)
     unlabeled_cases = []
     for folder, strict in [(Path(path), False) for path in unlabeled or []] or _default(root, "imagesUnlabeled"):
         found = finder.images(folder, strict, seen, named=not strict)
@@ -122,6 +131,53 @@ def _read_metadata(root: Path | None, dataset_json: Path | None, notes: _Notes) 
             "(organseg reads one CT channel, _0000): keep only channel 0"
         )
     return label_set, ending
+
+
+def _read_partial_labels(
+    root: Path | None, dataset_json: Path | None, explicit: Path | None, label_set: LabelSet, notes: _Notes
+) -> tuple[Path | None, dict[str, tuple[int, ...]]]:
+    """(source, {case id: annotated label ids}) from the explicit file, else dataset.json's `partial_labels`."""
+    if explicit is not None:
+        path, key = Path(explicit), None
+    else:
+        path, key = (
+            (Path(dataset_json) if dataset_json else (root / "dataset.json" if root else None)),
+            "partial_labels",
+        )
+    if path is None or not path.is_file():
+        if explicit is not None:
+            raise InputError(f"{explicit}: partial-labels file not found; check the path")
+        return None, {}
+    try:
+        content = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: not valid JSON ({error}); fix the file") from None
+    mapping = content if key is None else (content.get(key, {}) if isinstance(content, dict) else {})
+    if not isinstance(mapping, dict):
+        raise InputError(f"{path}: partial labels must map case ids to lists of organ names")
+    ids = {name: label for label, name in label_set.names}
+    declared = {}
+    for case_id, names in mapping.items():
+        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+            raise InputError(f"{path}: partial labels of '{case_id}' must be a list of organ names")
+        unknown = [name for name in names if name not in ids]
+        if unknown:
+            notes.problems.append(f"{path}: case '{case_id}' annotates {unknown}, not in the dataset's labels")
+        declared[str(case_id)] = tuple(sorted(ids[name] for name in names if name in ids))
+    return path, declared
+
+
+def _with_annotations(
+    cases: tuple[Case, ...], declared: tuple[Path | None, dict[str, tuple[int, ...]]], notes: _Notes
+) -> tuple[Case, ...]:
+    path, annotated = declared
+    known = {case.case_id for case in cases}
+    for case_id in sorted(set(annotated) - known):
+        notes.problems.append(f"{path}: partial labels for '{case_id}', which is no labeled case; fix the case id")
+    return tuple(
+        Case(case.case_id, case.image, case.label, annotated.get(case.case_id)) if case.case_id in annotated else case
+        for case in cases
+    )
 
 
 def _pick(explicit: Path | None, root: Path | None, name: str) -> tuple[Path | None, bool]:

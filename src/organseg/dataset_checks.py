@@ -39,6 +39,7 @@ class CaseStats:
     geometry: Geometry
     intensity_range: tuple[float, float]
     labels_present: tuple[int, ...] | None  # declared label ids found; None without a readable label
+    annotated: tuple[int, ...] | None = None  # the ids its label map annotates (partial labels); None: all
 
 
 @dataclass
@@ -105,7 +106,9 @@ def _check_case(case: Case, subset: str, label_set: LabelSet, report: DatasetRep
         del image  # keep memory flat: the label is read only after the image is freed
         _warn_about_image(case.image, geometry, intensity_range, report)
     present = _check_label(case, geometry, label_set, report) if case.label is not None else None
-    return CaseStats(case.case_id, subset, geometry, intensity_range, present) if geometry is not None else None
+    if geometry is None:
+        return None
+    return CaseStats(case.case_id, subset, geometry, intensity_range, present, case.annotated)
 
 
 def _check_label(
@@ -127,6 +130,12 @@ def _check_label(
         report.problems.append(
             f"{case.label}: label values {undeclared} are not declared in the label set (ids "
             f"{_id_ranges(label_set.ids)}); fix the label map or declare them in dataset.json"
+        )
+    if case.annotated is not None and (contradicting := sorted(present & set(label_set.ids) - set(case.annotated))):
+        names = ", ".join(label_set.name(label) for label in contradicting)
+        report.problems.append(
+            f"{case.label}: holds {names} (ids {contradicting}), which its partial labels declare unannotated; "
+            "add them to the case's list or remove them from the label map"
         )
     return tuple(sorted(present & set(label_set.ids)))
 
@@ -227,11 +236,19 @@ def _per_axis(rows: list, fmt: str) -> str:
 
 
 def _organ_lines(label_set: LabelSet, stats: list[CaseStats]) -> list[str]:
-    """How many labeled cases contain each organ."""
-    labeled = [s.labels_present for s in stats if s.subset == "labeled" and s.labels_present is not None]
+    """How many labeled cases contain each organ; with partial labels, also how many annotate it."""
+    labeled = [s for s in stats if s.subset == "labeled" and s.labels_present is not None]
     if not labeled:
         return []
-    lines = [f"organs (labeled cases containing each, of {len(labeled)}):"]
+    if all(s.annotated is None for s in labeled):
+        lines = [f"organs (labeled cases containing each, of {len(labeled)}):"]
+        for label in label_set.ids:
+            lines.append(f"  {label:>3} {label_set.name(label):<24} {sum(label in s.labels_present for s in labeled)}")
+        return lines
+    partial = sum(s.annotated is not None for s in labeled)
+    lines = [f"organs (labeled cases annotating / containing each, of {len(labeled)}; {partial} partially labeled):"]
     for label in label_set.ids:
-        lines.append(f"  {label:>3} {label_set.name(label):<24} {sum(label in present for present in labeled)}")
+        annotating = sum(s.annotated is None or label in s.annotated for s in labeled)
+        containing = sum(label in s.labels_present for s in labeled)
+        lines.append(f"  {label:>3} {label_set.name(label):<24} {annotating} / {containing}")
     return lines

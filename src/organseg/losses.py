@@ -8,6 +8,13 @@ cross-entropy (`class_weights`) let small organs be learnt within few steps.
 
 The soft Dice never builds a one-hot target: for 14 classes at 160^3 and batch 2 that alone
 would take 460 MB. Intersections are summed with `scatter_add` on the true-class probability.
+
+Partially annotated samples (`unannotated`, per sample the classes its label map does not
+mark) get the marginal loss: a voxel marked background may really be any unannotated
+organ, so its cross-entropy is -log of background's probability plus theirs, and the
+unannotated classes leave the Dice mean (their true voxels are unknown). Such a voxel is
+then never pushed away from an organ the case does not annotate; a fully annotated sample
+gets exactly the loss above.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ def dice_ce_loss(
     sample_weights: torch.Tensor | None = None,
     smooth: float = 1e-5,
     class_balance: float = 0.0,
+    unannotated: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Soft Dice loss + cross-entropy, a scalar: the weighted mean over samples.
 
@@ -38,11 +46,13 @@ def dice_ce_loss(
             both target and prediction scores 1.
         class_balance: exponent of the cross-entropy's class weights (see `class_weights`);
             0 weighs every voxel alike.
+        unannotated: (B, C) bool, True for the classes sample b's labels do not annotate
+            (column 0, background, is ignored); None when every sample annotates every class.
 
     Per sample b: loss_b = mean voxel cross-entropy + 1 - mean over classes 1..C-1 of
     (2 * intersection + smooth) / (sum of probabilities + target voxels + smooth).
     """
-    per_sample = dice_ce_per_sample(logits, target, smooth, class_balance)
+    per_sample = dice_ce_per_sample(logits, target, smooth, class_balance, unannotated)
     if sample_weights is None:
         return per_sample.mean()
     if sample_weights.shape != per_sample.shape:
@@ -59,6 +69,7 @@ def deep_supervision_loss(
     target: torch.Tensor,
     sample_weights: torch.Tensor | None = None,
     class_balance: float = 0.0,
+    unannotated: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`dice_ce_loss` of a net's output, or of every level of a deeply supervised one.
 
@@ -73,31 +84,63 @@ def deep_supervision_loss(
     output stays what the net is mostly trained for.
     """
     if isinstance(logits, torch.Tensor):
-        return dice_ce_loss(logits, target, sample_weights, class_balance=class_balance)
+        return dice_ce_loss(logits, target, sample_weights, class_balance=class_balance, unannotated=unannotated)
     total = 0.0
     for level, level_logits in enumerate(logits):
         step = 2**level  # also the inverse of the level's weight
         level_target = target[:, ::step, ::step, ::step]
-        total = total + dice_ce_loss(level_logits, level_target, sample_weights, class_balance=class_balance) / step
+        level_loss = dice_ce_loss(
+            level_logits, level_target, sample_weights, class_balance=class_balance, unannotated=unannotated
+        )
+        total = total + level_loss / step
     return total / sum(2.0**-level for level in range(len(logits)))
 
 
 def dice_ce_per_sample(
-    logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5, class_balance: float = 0.0
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    smooth: float = 1e-5,
+    class_balance: float = 0.0,
+    unannotated: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(B,) per-sample loss: voxel-mean cross-entropy + 1 - mean foreground soft Dice (see `dice_ce_loss`)."""
     _check_shapes(logits, target)
+    partial = unannotated is not None and bool(unannotated[:, 1:].any())
     # bf16 softmax sums and logs lose too much precision over millions of voxels.
     with torch.autocast(device_type=logits.device.type, enabled=False):
         logits = logits.float()
-        voxel_loss = F.cross_entropy(logits, target, reduction="none", ignore_index=IGNORE_LABEL).flatten(1)
+        if partial:
+            voxel_loss = _marginal_cross_entropy(logits, target, unannotated.to(logits.device)).flatten(1)
+        else:
+            voxel_loss = F.cross_entropy(logits, target, reduction="none", ignore_index=IGNORE_LABEL).flatten(1)
         voxel_weight = (target != IGNORE_LABEL).flatten(1).float()
         if class_balance:
             voxel_weight = voxel_weight * class_weights(target, logits.shape[1], class_balance).flatten(1)
         cross_entropy = (voxel_loss * voxel_weight).sum(dim=1) / voxel_weight.sum(dim=1).clamp(min=1e-12)
         dice = soft_dice_per_class(logits, target, smooth)
-        dice_loss = 1 - dice.mean(dim=1) if dice.shape[1] else torch.zeros_like(cross_entropy)
+        if not partial:
+            dice_loss = 1 - dice.mean(dim=1) if dice.shape[1] else torch.zeros_like(cross_entropy)
+            return cross_entropy + dice_loss
+        # Only the classes a sample annotates enter its Dice mean; none annotated, no Dice term.
+        counted = (~unannotated[:, 1:]).to(device=dice.device, dtype=dice.dtype)
+        dice_loss = (counted * (1 - dice)).sum(dim=1) / counted.sum(dim=1).clamp(min=1)
         return cross_entropy + dice_loss
+
+
+def _marginal_cross_entropy(logits: torch.Tensor, target: torch.Tensor, unannotated: torch.Tensor) -> torch.Tensor:
+    """(B, X, Y, Z) cross-entropy in which a voxel marked background may be any class the sample leaves unannotated.
+
+    Its loss is -log(p_background + sum of the unannotated classes' p); other voxels keep
+    -log p_target; unknown voxels (IGNORE_LABEL) get 0.
+    """
+    log_probabilities = F.log_softmax(logits, dim=1)
+    could_be = unannotated.clone()
+    could_be[:, 0] = True
+    shape = (*could_be.shape, *([1] * (logits.ndim - 2)))
+    background = torch.logsumexp(log_probabilities.masked_fill(~could_be.reshape(shape), float("-inf")), dim=1)
+    counted = target != IGNORE_LABEL
+    own = log_probabilities.gather(1, (target * counted).unsqueeze(1)).squeeze(1)
+    return -torch.where(target == 0, background, own) * counted
 
 
 # A class's cross-entropy weight never exceeds this many times the background's: a few

@@ -47,6 +47,7 @@ class PreparedCase:
     grid1_labels: np.ndarray  # (G1...)
     weight: float = 1.0  # loss weight of this case's samples (pseudo-labels weigh less)
     pseudo: bool = False  # labeled by a model, not a person
+    annotated: tuple[int, ...] | None = None  # label ids its labels annotate (partial labels); None: all
 
 
 def prepare_cases(cases: list[Case], cache_dir: Path, config: Config, pseudo: bool = False) -> list[PreparedCase]:
@@ -59,7 +60,7 @@ def prepare_cases(cases: list[Case], cache_dir: Path, config: Config, pseudo: bo
         if not _is_current(meta_path, settings, case):
             _write_case(case, cache_dir, config, settings)
         weight = config.ssl.pseudo_weight if pseudo else 1.0
-        prepared.append(_load_case(cache_dir, case.case_id, weight, pseudo))
+        prepared.append(_load_case(cache_dir, case.case_id, weight, pseudo, case.annotated))
     return prepared
 
 
@@ -116,7 +117,9 @@ def _write_case(case: Case, cache_dir: Path, config: Config, settings: dict) -> 
     write_text(cache_dir / f"{case.case_id}.json", json.dumps(meta))
 
 
-def _load_case(cache_dir: Path, case_id: str, weight: float, pseudo: bool) -> PreparedCase:
+def _load_case(
+    cache_dir: Path, case_id: str, weight: float, pseudo: bool, annotated: tuple[int, ...] | None
+) -> PreparedCase:
     meta = json.loads((cache_dir / f"{case_id}.json").read_text())
 
     def array(name: str) -> np.ndarray:
@@ -134,4 +137,5 @@ def _load_case(cache_dir: Path, case_id: str, weight: float, pseudo: bool) -> Pr
         grid1_labels=array("grid1_labels"),
         weight=weight,
         pseudo=pseudo,
+        annotated=annotated,
     )

@@ -15,19 +15,23 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from organseg.atomic import write_json
+from organseg.cascade import StageInput, load_stage, organ_box_from_coarse
 from organseg.config import Config, load_config, save_config
 from organseg.dataset import Case, Dataset
 from organseg.dataset_checks import check_dataset
 from organseg.device import resolve_device
 from organseg.distributed import ALONE, World, process_group
 from organseg.errors import InputError
+from organseg.labels import LabelSet
 from organseg.prepared import PreparedCase, prepare_cases
+from organseg.preprocess.crop import Box
 from organseg.shards import Shard
 from organseg.train import STAGES, StageRun, train_stage
 
@@ -80,11 +84,50 @@ def run_training(
             pseudo_dir = run_dir / "cache_pseudo"
             train_prepared += _prepare(list(inputs.pseudo_cases), pseudo_dir, config, world, pseudo=True)
         results = {}
+        unlearnt = never_annotated(train_prepared, dataset.label_set)
         for stage in stages:
+            if stage == "stage2":
+                train_prepared = with_inference_boxes(train_prepared, run_dir / "stage1" / "best.pt", torch_device)
             start = Path(inputs.init_from) / stage / "best.pt" if inputs.init_from else None
-            run = StageRun(stage, config, dataset.label_set, run_dir / stage, torch_device, world, start)
+            run = StageRun(stage, config, dataset.label_set, run_dir / stage, torch_device, world, start, unlearnt)
             results[stage] = train_stage(run, train_prepared, val_prepared, resume)
         return results
+
+
+def with_inference_boxes(cases: list[PreparedCase], stage1: Path, device: torch.device) -> list[PreparedCase]:
+    """The cases, partially labeled ones with the organ box the trained stage 1 finds in them.
+
+    A partial case's own organs may be one adrenal gland: cropping stage 2's samples around
+    them alone would show it regions far smaller, and so magnified far more, than the
+    region stage 1 gives it at inference. Its box becomes stage 1's, joined with its own.
+    """
+    if all(case.annotated is None for case in cases) or not stage1.is_file():
+        return cases
+    predictor, _ = load_stage(stage1, device)
+    boxed = []
+    for case in cases:
+        if case.annotated is None:
+            boxed.append(case)
+            continue
+        image = torch.from_numpy(np.array(case.grid1_image, dtype=np.float32))[None]
+        whole = Box.whole(case.scan.shape)
+        coarse = predictor(StageInput(image, whole, case.scan.shape))[0].argmax(0).numpy().astype(np.uint8)
+        found = organ_box_from_coarse(coarse, case.scan.shape) or case.organ_box
+        own = case.organ_box if case.organ_box != whole else found
+        start = tuple(min(a, b) for a, b in zip(found.start, own.start))
+        stop = tuple(max(a, b) for a, b in zip(found.stop, own.stop))
+        boxed.append(replace(case, organ_box=Box(start, stop)))
+    return boxed
+
+
+def never_annotated(cases: list[PreparedCase], label_set: LabelSet) -> tuple[int, ...]:
+    """The label ids no training case annotates (partial labels): the networks never learn them."""
+    annotated = set().union(*(label_set.ids if case.annotated is None else case.annotated for case in cases))
+    unlearnt = tuple(label for label in label_set.ids if label not in annotated)
+    if unlearnt:
+        names = ", ".join(label_set.name(label) for label in unlearnt)
+        log.warning("no training case annotates %s: the model will not predict it (organseg.cascade)", names)
+    return unlearnt
 
 
 def _set_up(
@@ -152,11 +195,15 @@ def _split(
 
 
 def choose_split(cases: tuple[Case, ...], config: Config) -> Split:
-    """Hold out `config.validation_cases` labeled cases, chosen by the seed."""
-    order = np.random.default_rng(config.seed).permutation(len(cases))
-    held_out = config.validation_cases if len(cases) > config.validation_cases else 0
+    """Hold out `config.validation_cases` fully annotated labeled cases, chosen by the seed.
+
+    Partially labeled cases always train: their Dice would count organs they do not annotate as errors.
+    """
+    full = [case for case in cases if case.annotated is None]
+    order = np.random.default_rng(config.seed).permutation(len(full))
+    held_out = config.validation_cases if len(full) > config.validation_cases else 0
     if held_out < config.validation_cases:
-        log.warning("only %d labeled case(s): training without a validation case", len(cases))
-    validation = sorted(cases[i].case_id for i in order[:held_out])
+        log.warning("only %d fully labeled case(s): training without a validation case", len(full))
+    validation = sorted(full[i].case_id for i in order[:held_out])
     train = sorted(case.case_id for case in cases if case.case_id not in validation)
     return {"train": train, "validation": validation}

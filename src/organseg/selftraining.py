@@ -5,6 +5,8 @@ RUN_DIR/
   cache/              the labeled cases, prepared once for all rounds
   round0/             the teacher, trained on the labeled cases alone (full supervision)
   round1/pseudo/      round 0's pseudo-labels of the unlabeled images, with their manifest
+  round1/partial/     with partially labeled cases: round 0's pseudo-labels of them (pseudo/)
+                      and the cases completed with them (completed/), ground truth first
   round1/             the student, trained on the labeled + kept pseudo-labeled cases, from
                       its teacher's weights (`ssl.student_init`) or from scratch
   round2/ ...         the same with round 1 as the teacher (`ssl.rounds`)
@@ -23,10 +25,13 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from organseg.atomic import write_json, write_text
 from organseg.cascade import Segmenter
+from organseg.checkpoint import load_checkpoint
+from organseg.completion import complete_cases
 from organseg.config import Config, load_config, save_config
 from organseg.dataset import Case, Dataset
 from organseg.dataset_checks import check_dataset, describe_dataset
@@ -68,7 +73,7 @@ def run_ssl(dataset: Dataset, run_dir: Path, config: Config | None, device: str 
         pseudo = _pseudo_cases(run_dir, index, dataset, config, device)
         start = round_dir(run_dir, index - 1) if index and config.ssl.student_init == "teacher" else None
         inputs = TrainingInputs(tuple(pseudo), run_dir / "cache", split, dataset_checked=True, init_from=start)
-        _train_round(dataset, run_dir, index, config, inputs, device)
+        _train_round(_completed(run_dir, index, dataset, split, config, device), run_dir, index, config, inputs, device)
         rounds.append(round_summary(run_dir, index, dataset, pseudo, len(dataset.unlabeled), device))
         _write_summary(run_dir, {"rounds": rounds}, dataset.label_set)
     summary = {"rounds": rounds, "shipped": choose_shipped(rounds, config.ssl.ship)}
@@ -121,11 +126,32 @@ def _pseudo_cases(run_dir: Path, index: int, dataset: Dataset, config: Config, d
     previous = round_dir(run_dir, index - 1) / "pseudo" if index > 1 else None
     teacher = round_dir(run_dir, index - 1)
     manifest = run_pseudo_labeling(teacher, list(dataset.unlabeled), out, config.ssl, previous, device)
-    kept = [Case(row.case_id, row.image, row.label) for row in manifest if row.kept]
+    learnt = teacher_learnt(teacher, dataset.label_set)
+    kept = [Case(row.case_id, row.image, row.label, learnt) for row in manifest if row.kept]
     log.info("round %d: %d of %d pseudo-labeled cases kept (%s)", index, len(kept), len(manifest), out / "manifest.csv")
     if not kept:
         raise InputError(f"{out}: every pseudo-label was rejected; loosen ssl.filter / ssl.min_score")
     return kept
+
+
+def _completed(run_dir: Path, index: int, dataset: Dataset, split: dict, config: Config, device: str) -> Dataset:
+    """The dataset with round `index`'s teacher completing its partially labeled training cases (none for round 0)."""
+    partial = [case for case in dataset.labeled if case.annotated is not None and case.case_id in split["train"]]
+    if index == 0 or not partial:
+        return dataset
+    teacher, folder = round_dir(run_dir, index - 1), round_dir(run_dir, index) / "partial"
+    manifest = run_pseudo_labeling(teacher, partial, folder / "pseudo", config.ssl, None, device)
+    completed = {
+        c.case_id: c
+        for c in complete_cases(partial, manifest, folder / "completed", teacher_learnt(teacher, dataset.label_set))
+    }
+    return replace(dataset, labeled=tuple(completed.get(case.case_id, case) for case in dataset.labeled))
+
+
+def teacher_learnt(teacher: Path, label_set: LabelSet) -> tuple[int, ...] | None:
+    """The label ids a trained run predicts; None when it predicts all of its label set."""
+    unlearnt = load_checkpoint(Path(teacher) / "stage2" / "best.pt", "cpu").get("unlearnt", [])
+    return tuple(label for label in label_set.ids if label not in unlearnt) if unlearnt else None
 
 
 def _train_round(

@@ -26,7 +26,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from organseg.atomic import append_line, atomic_write, read_jsonl
-from organseg.augment import augment, strong_augment
+from organseg.augment import AugmentParams, augment_drawn, mirrored_ids, strong_augment
 from organseg.checkpoint import load_checkpoint, save_checkpoint
 from organseg.config import AugmentConfig, Config, StageConfig, to_dict
 from organseg.device import autocast, training_memory_format, use_bf16
@@ -71,6 +71,7 @@ class StageRun:
     device: torch.device
     world: World = ALONE
     init_from: Path | None = None  # a checkpoint whose weights start the network (a student's teacher)
+    unlearnt: tuple[int, ...] = ()  # label ids no training case annotates; inference merges them into background
 
     @property
     def stage(self) -> StageConfig:
@@ -196,14 +197,16 @@ def stream_seed(seed: int, rank: int) -> int:
 
 
 def _train_step(run: StageRun, state: StageState, cases: list[PreparedCase]) -> float:
-    images, targets, weights = [], [], []
+    images, targets, weights, unannotated = [], [], [], []
     for case in draw_batch(cases, run.stage.batch_size, run.config.ssl.labeled_fraction, state.rng):
         image, labels = _sample(run, case, state.rng)
         pairs = () if run.foreground_only else run.label_set.mirror_pairs()
-        image, labels = augment(image, labels, augment_settings(run.config, case), state.generator, pairs)
+        settings = augment_settings(run.config, case)
+        image, labels, params = augment_drawn(image, labels, settings, state.generator, pairs)
         images.append(image)
         targets.append(labels)
         weights.append(case.weight)
+        unannotated.append(_unannotated(run, case, params, pairs))
     state.model.train()
     network = state.model if state.replica is None else state.replica  # the replica averages gradients
     with autocast(run.device, run.bf16):
@@ -211,11 +214,25 @@ def _train_step(run: StageRun, state: StageState, cases: list[PreparedCase]) -> 
         logits = network(batch)
     targets = torch.stack(targets).to(run.device)
     weights = torch.tensor(weights, dtype=torch.float32)
-    loss = deep_supervision_loss(logits, targets, weights, class_balance=run.config.class_balance)
+    unannotated = torch.stack(unannotated) if any(row.any() for row in unannotated) else None
+    loss = deep_supervision_loss(logits, targets, weights, run.config.class_balance, unannotated)
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     state.optimizer.step()
     return float(loss.detach())
+
+
+def _unannotated(run: StageRun, case: PreparedCase, params: AugmentParams, pairs) -> torch.Tensor:
+    """(C,) bool: the classes a sample's labels do not annotate (see organseg.losses), after its mirroring."""
+    row = torch.zeros(run.num_classes, dtype=torch.bool)
+    if case.annotated is None:
+        return row
+    if run.foreground_only:  # "organ" is unknown wherever an unannotated organ may lie
+        row[1] = set(run.label_set.ids) != set(case.annotated)
+        return row
+    missing = tuple(sorted(set(run.label_set.ids) - set(case.annotated)))
+    row[list(mirrored_ids(missing, params, pairs))] = True
+    return row
 
 
 def augment_settings(config: Config, case: PreparedCase) -> AugmentConfig:
@@ -230,14 +247,16 @@ def draw_batch(
 ) -> list[PreparedCase]:
     """The cases of one mini-batch.
 
-    Without pseudo-labeled cases (or with `labeled_fraction` 0), uniformly from all. With
-    them, floor(f * B) samples come from labeled cases and one more with probability
-    frac(f * B), so on average exactly a share f of the samples is labeled at any batch
-    size, however many pseudo-labeled cases there are (the paper's batches of 4 drew
-    uniformly, and its pseudo-labels crowded the labeled cases out).
+    Cases fully labeled by a person form one pool; pseudo-labeled and partially labeled
+    cases the other. Without the second (or with `labeled_fraction` 0), uniformly from all.
+    With it, floor(f * B) samples come from the fully labeled cases and one more with
+    probability frac(f * B), so on average exactly a share f of the samples is fully
+    labeled at any batch size, however many other cases there are (the paper's batches of
+    4 drew uniformly, and its pseudo-labels crowded the labeled cases out; partial labels
+    would crowd them out the same way).
     """
-    labeled = [case for case in cases if not case.pseudo]
-    pseudo = [case for case in cases if case.pseudo]
+    labeled = [case for case in cases if not case.pseudo and case.annotated is None]
+    pseudo = [case for case in cases if case.pseudo or case.annotated is not None]
     if not pseudo or not labeled or labeled_fraction == 0:
         chosen = rng.choice(len(cases), size=batch_size, replace=len(cases) < batch_size)
         return [cases[int(index)] for index in chosen]
@@ -326,6 +345,7 @@ def _content(run: StageRun, state: StageState, streams: list[dict]) -> dict:
         "config": to_dict(run.config),
         "labels": run.label_set.to_json(),
         "label_codes": run.label_set.codes_to_json(),
+        "unlearnt": list(run.unlearnt),
     }
     if len(streams) > 1:
         content["rng_ranks"] = streams

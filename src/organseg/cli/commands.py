@@ -13,13 +13,13 @@ from organseg.errors import InputError
 def run_phantom(args: argparse.Namespace) -> None:
     from organseg.phantom import write_dataset
 
-    for option in ("labeled", "unlabeled", "test"):
+    for option in ("labeled", "unlabeled", "test", "partial"):
         if getattr(args, option) < 0:
             raise InputError(f"--{option} must be >= 0, got {getattr(args, option)}")
     if args.shape and min(args.shape) < 16:
         raise InputError(f"--shape must be at least 16 voxels per axis, got {args.shape}")
     shape = tuple(args.shape) if args.shape else None
-    counts = {"labeled": args.labeled, "unlabeled": args.unlabeled, "test": args.test}
+    counts = {"labeled": args.labeled, "unlabeled": args.unlabeled, "test": args.test, "partial": args.partial}
     root = write_dataset(args.out, seed=args.seed, shape=shape, dicom=args.dicom, **counts)
     print(f"wrote phantom dataset to {root}")
 
@@ -35,6 +35,7 @@ def _dataset_from_args(args: argparse.Namespace):
         test_images=args.test_images,
         test_labels=args.test_labels,
         dataset_json=args.dataset_json,
+        partial_labels=args.partial_labels,
     )
 
 

@@ -59,6 +59,13 @@ def _add_phantom(subcommands: argparse._SubParsersAction) -> None:
     command.add_argument("--labeled", type=int, default=8, help="labeled training cases (imagesTr/labelsTr)")
     command.add_argument("--unlabeled", type=int, default=0, help="unlabeled cases (imagesUnlabeled)")
     command.add_argument("--test", type=int, default=0, help="held-out test cases (imagesTs/labelsTs)")
+    command.add_argument(
+        "--partial",
+        type=int,
+        default=0,
+        help="further labeled cases (phantom_pNNN) that each annotate only 1-4 random organs, listed in "
+        "dataset.json's partial_labels",
+    )
     command.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same data")
     command.add_argument(
         "--shape",
@@ -102,6 +109,12 @@ def _add_dataset_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--test-images", type=Path, help="folder of test images (default DATASET/imagesTs)")
     command.add_argument("--test-labels", type=Path, help="folder of test label maps (default DATASET/labelsTs)")
     command.add_argument("--dataset-json", type=Path, help="label definitions (default DATASET/dataset.json)")
+    command.add_argument(
+        "--partial-labels",
+        type=Path,
+        help='JSON file {"case id": ["liver", ...]}: the organs each listed labeled case annotates (default: '
+        "dataset.json's partial_labels; a case not listed annotates every organ)",
+    )
 
 
 def _add_train(subcommands: argparse._SubParsersAction) -> None:

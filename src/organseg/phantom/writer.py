@@ -11,7 +11,7 @@ import numpy as np
 from organseg.atomic import write_json
 from organseg.dicom.ct_series import write_ct_series
 from organseg.errors import InputError
-from organseg.io import write_label, write_volume
+from organseg.io import Volume, write_label, write_volume
 from organseg.labels import FLARE22
 from organseg.phantom.case import generate_case
 from organseg.phantom.orientations import ORIENTATIONS, orient
@@ -22,7 +22,11 @@ SPLITS = {
     "train": ("imagesTr", "labelsTr", "phantom_{:03d}"),
     "unlabeled": ("imagesUnlabeled", None, "phantom_u{:03d}"),
     "test": ("imagesTs", "labelsTs", "phantom_t{:03d}"),
+    "partial": ("imagesTr", "labelsTr", "phantom_p{:03d}"),
 }
+# A partially labeled case annotates this many organs, drawn at random (FLARE 2023's
+# partially labeled scans mostly carry one to a few organs).
+PARTIAL_ORGANS = (1, 4)
 
 
 def case_seed(seed: int, split: str, index: int) -> int:
@@ -39,6 +43,7 @@ def write_dataset(
     seed: int,
     shape: tuple[int, int, int] | None = None,
     dicom: str | None = None,
+    partial: int = 0,
 ) -> Path:
     """Write an nnU-Net v2 raw dataset; returns the folder.
 
@@ -54,9 +59,12 @@ def write_dataset(
             (imagesTr/phantom_001/...) in this orientation (organseg.phantom.orientations),
             or "mixed" for the orientations in turn, case by case; label maps stay NIfTI,
             on the series' grid.
+        partial: number of further labeled cases (phantom_p001, ...) that each annotate a
+            random 1-4 of the organs (`partial_annotation`): the others are erased from their
+            label maps and dataset.json's `partial_labels` lists what each annotates.
     """
     out = Path(out)
-    counts = {"train": labeled, "unlabeled": unlabeled, "test": test}
+    counts = {"train": labeled, "unlabeled": unlabeled, "test": test, "partial": partial}
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(f"{out}: already exists and is not empty; choose a new folder or empty this one")
     if dicom is not None and dicom not in (*ORIENTATIONS, "mixed"):
@@ -82,11 +90,14 @@ def _write_cases(root: Path, counts: dict[str, int], seed: int, shape, dicom: st
     for split, count in counts.items():
         for folder in SPLITS[split][:2]:
             if folder and count:
-                (root / folder).mkdir()
+                (root / folder).mkdir(exist_ok=True)
     for split, index in progress_bar(jobs, desc="phantom cases", unit="case"):
         images, labels, pattern = SPLITS[split]
         name = pattern.format(index)
         image, label_map = generate_case(case_seed(seed, split, index), shape)
+        if split == "partial":
+            kept = partial_annotation(seed, index)
+            label_map = Volume(np.where(np.isin(label_map.array, kept), label_map.array, 0), label_map.geometry)
         if dicom:
             orientation = ORIENTATIONS[(index - 1) % len(ORIENTATIONS)] if dicom == "mixed" else dicom
             image, label_map = orient(image, orientation), orient(label_map, orientation)
@@ -98,15 +109,27 @@ def _write_cases(root: Path, counts: dict[str, int], seed: int, shape, dicom: st
             write_label(label_map.array, label_map.geometry, root / labels / f"{name}.nii.gz")
 
 
+def partial_annotation(seed: int, index: int) -> tuple[int, ...]:
+    """The FLARE22 label ids that partially labeled case `index` (from 1) of a dataset of `seed` annotates."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(list(SPLITS).index("partial"), index, 1)))
+    count = int(rng.integers(PARTIAL_ORGANS[0], PARTIAL_ORGANS[1] + 1))
+    return tuple(sorted(int(label) for label in rng.choice(FLARE22.ids, size=count, replace=False)))
+
+
 def _write_dataset_json(root: Path, counts: dict[str, int], seed: int) -> None:
     meta = {
         "name": "organseg_phantom",
         "description": f"Synthetic abdominal CT phantoms with the 13 FLARE22 organs (organseg, seed {seed})",
         "channel_names": {"0": "CT"},
         "labels": FLARE22.to_json(),
-        "numTraining": counts["train"],
+        "numTraining": counts["train"] + counts["partial"],
         "file_ending": ".nii.gz",
         "numUnlabeled": counts["unlabeled"],
         "numTest": counts["test"],
     }
+    if counts["partial"]:
+        meta["partial_labels"] = {
+            SPLITS["partial"][2].format(index): [FLARE22.name(label) for label in partial_annotation(seed, index)]
+            for index in range(1, counts["partial"] + 1)
+        }
     write_json(root / "dataset.json", meta)
