@@ -117,15 +117,11 @@ class Segmenter:
                 f"{run_dir}: no trained model (stage1/best.pt and stage2/best.pt); run organseg train first"
             )
         torch_device = resolve_device(device)
-        predictors, contents = [], []
-        for stage in ("stage1", "stage2"):
-            predictor, content = load_stage(run_dir / stage / "best.pt", torch_device)
-            predictors.append(predictor)
-            contents.append(content)
-        content = contents[-1]
+        stage1, _ = load_stage(run_dir / "stage1" / "best.pt", torch_device)
+        stage2, content = load_stage(run_dir / "stage2" / "best.pt", torch_device)
         config = from_dict(content["config"], base=Config(), source=str(run_dir / "stage2" / "best.pt"))
         label_set = LabelSet.from_mapping(content["labels"], codes=content.get("label_codes"))
-        return cls(predictors[0], predictors[1], config, label_set, tuple(content.get("unlearnt", ())))
+        return cls(stage1, stage2, config, label_set, tuple(content.get("unlearnt", ())))
 
     def predict(self, image: Volume) -> Volume:
         """The label map of `image` on exactly its grid (shape, spacing, origin, direction)."""

@@ -240,15 +240,17 @@ def _organ_lines(label_set: LabelSet, stats: list[CaseStats]) -> list[str]:
     labeled = [s for s in stats if s.subset == "labeled" and s.labels_present is not None]
     if not labeled:
         return []
-    if all(s.annotated is None for s in labeled):
-        lines = [f"organs (labeled cases containing each, of {len(labeled)}):"]
-        for label in label_set.ids:
-            lines.append(f"  {label:>3} {label_set.name(label):<24} {sum(label in s.labels_present for s in labeled)}")
-        return lines
     partial = sum(s.annotated is not None for s in labeled)
-    lines = [f"organs (labeled cases annotating / containing each, of {len(labeled)}; {partial} partially labeled):"]
+    if partial:
+        lines = [
+            f"organs (labeled cases annotating / containing each, of {len(labeled)}; {partial} partially labeled):"
+        ]
+    else:
+        lines = [f"organs (labeled cases containing each, of {len(labeled)}):"]
     for label in label_set.ids:
-        annotating = sum(s.annotated is None or label in s.annotated for s in labeled)
         containing = sum(label in s.labels_present for s in labeled)
-        lines.append(f"  {label:>3} {label_set.name(label):<24} {annotating} / {containing}")
+        annotating = sum(s.annotated is None or label in s.annotated for s in labeled)
+        lines.append(
+            f"  {label:>3} {label_set.name(label):<24} " + (f"{annotating} / " if partial else "") + str(containing)
+        )
     return lines

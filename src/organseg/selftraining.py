@@ -70,10 +70,12 @@ def run_ssl(dataset: Dataset, run_dir: Path, config: Config | None, device: str 
     split = json.loads(teacher_split.read_text()) if teacher_split.is_file() else choose_split(dataset.labeled, config)
     rounds = []
     for index in range(config.ssl.rounds + 1):
-        pseudo = _pseudo_cases(run_dir, index, dataset, config, device)
+        learnt = teacher_learnt(round_dir(run_dir, index - 1), dataset.label_set) if index else None
+        pseudo = _pseudo_cases(run_dir, index, dataset, config, device, learnt)
         start = round_dir(run_dir, index - 1) if index and config.ssl.student_init == "teacher" else None
         inputs = TrainingInputs(tuple(pseudo), run_dir / "cache", split, dataset_checked=True, init_from=start)
-        _train_round(_completed(run_dir, index, dataset, split, config, device), run_dir, index, config, inputs, device)
+        labeled = _completed(run_dir, index, dataset, split, config, device, learnt)
+        _train_round(labeled, run_dir, index, config, inputs, device)
         rounds.append(round_summary(run_dir, index, dataset, pseudo, len(dataset.unlabeled), device))
         _write_summary(run_dir, {"rounds": rounds}, dataset.label_set)
     summary = {"rounds": rounds, "shipped": choose_shipped(rounds, config.ssl.ship)}
@@ -118,15 +120,19 @@ def _ssl_config(run_dir: Path, config: Config | None) -> Config:
     return config
 
 
-def _pseudo_cases(run_dir: Path, index: int, dataset: Dataset, config: Config, device: str) -> list[Case]:
-    """Round `index`'s kept pseudo-labeled cases, made by the previous round (none for the teacher)."""
+def _pseudo_cases(
+    run_dir: Path, index: int, dataset: Dataset, config: Config, device: str, learnt: tuple[int, ...] | None
+) -> list[Case]:
+    """Round `index`'s kept pseudo-labeled cases, made by the previous round (none for the teacher).
+
+    `learnt`: what that teacher predicts (`teacher_learnt`); its pseudo-labels annotate only that.
+    """
     if index == 0:
         return []
     out = round_dir(run_dir, index) / "pseudo"
     previous = round_dir(run_dir, index - 1) / "pseudo" if index > 1 else None
     teacher = round_dir(run_dir, index - 1)
     manifest = run_pseudo_labeling(teacher, list(dataset.unlabeled), out, config.ssl, previous, device)
-    learnt = teacher_learnt(teacher, dataset.label_set)
     kept = [Case(row.case_id, row.image, row.label, learnt) for row in manifest if row.kept]
     log.info("round %d: %d of %d pseudo-labeled cases kept (%s)", index, len(kept), len(manifest), out / "manifest.csv")
     if not kept:
@@ -134,17 +140,22 @@ def _pseudo_cases(run_dir: Path, index: int, dataset: Dataset, config: Config, d
     return kept
 
 
-def _completed(run_dir: Path, index: int, dataset: Dataset, split: dict, config: Config, device: str) -> Dataset:
+def _completed(
+    run_dir: Path,
+    index: int,
+    dataset: Dataset,
+    split: dict,
+    config: Config,
+    device: str,
+    learnt: tuple[int, ...] | None,
+) -> Dataset:
     """The dataset with round `index`'s teacher completing its partially labeled training cases (none for round 0)."""
     partial = [case for case in dataset.labeled if case.annotated is not None and case.case_id in split["train"]]
     if index == 0 or not partial:
         return dataset
     teacher, folder = round_dir(run_dir, index - 1), round_dir(run_dir, index) / "partial"
     manifest = run_pseudo_labeling(teacher, partial, folder / "pseudo", config.ssl, None, device)
-    completed = {
-        c.case_id: c
-        for c in complete_cases(partial, manifest, folder / "completed", teacher_learnt(teacher, dataset.label_set))
-    }
+    completed = {c.case_id: c for c in complete_cases(partial, manifest, folder / "completed", learnt)}
     return replace(dataset, labeled=tuple(completed.get(case.case_id, case) for case in dataset.labeled))
 
 

@@ -25,6 +25,7 @@ from organseg.dicom.seg import SERIES_NUMBER, organs_present
 from organseg.dicom.source import SourceSeries
 from organseg.io import Volume
 from organseg.labels import LabelSet, label_colour
+from organseg.preprocess.crop import bounding_box
 
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 # The study is referred to as DICOM's RT structure sets do, through this (retired) SOP class.
@@ -83,10 +84,10 @@ def _header(source: SourceSeries, model: str) -> Dataset:
     dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     dataset.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    dataset.SpecificCharacterSet = source.slices[0].get("SpecificCharacterSet", "ISO_IR 100") or "ISO_IR 100"
+    first = source.slices[0]
+    dataset.SpecificCharacterSet = first.get("SpecificCharacterSet", "ISO_IR 100") or "ISO_IR 100"
     dataset.SOPClassUID = RT_STRUCTURE_SET_STORAGE
     dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID
-    first = source.slices[0]
     for keyword in REQUIRED_EMPTY:
         setattr(dataset, keyword, "")
     for keyword in PATIENT_AND_STUDY:
@@ -151,7 +152,8 @@ def _roi_contours(number: int, labels: Volume, label: int, source: SourceSeries)
     geometry = labels.geometry
     mask = labels.array == label
     # Outlines are traced in the organ's box, not the whole slice: a 512x512 slice holds a small organ.
-    (i0, i1), (j0, j1) = (_extent(mask.any(axis=axes)) for axes in ((1, 2), (0, 2)))
+    box = bounding_box(mask, geometry.spacing_mm)
+    (i0, j0, _), (i1, j1, _) = box.start, box.stop
     for k in np.flatnonzero(mask.any(axis=(0, 1))):
         for outline in outlines(mask[i0:i1, j0:j1, k]):
             index = np.column_stack([outline + (i0, j0), np.full(len(outline), float(k))])
@@ -167,11 +169,6 @@ def _roi_contours(number: int, labels: Volume, label: int, source: SourceSeries)
     roi.ContourSequence = contours
     roi.ReferencedROINumber = number
     return roi
-
-
-def _extent(flags: np.ndarray) -> tuple[int, int]:
-    where = np.flatnonzero(flags)
-    return int(where[0]), int(where[-1]) + 1
 
 
 def _observation(number: int, concept: tuple[str, str, str]) -> Dataset:
