@@ -39,6 +39,7 @@ from organseg.cascade import Segmenter, StageInput
 from organseg.device import use_bf16
 from organseg.io import Volume, read_image, read_label, write_label
 from organseg.metrics import dice_per_class, mean_dice
+from organseg.network_stage import segmenter_from_run
 from organseg.phases import PREDICT_PHASES, PhaseClock
 from organseg.postprocess import keep_largest_component
 from organseg.preprocess.crop import Box, crop, paste
@@ -117,10 +118,8 @@ def cli_runs(run_dir: Path, images: list[Path], repeats: int, out: Path) -> dict
 def phase_comparison(run_dir: Path, images: list[Path], out: Path) -> dict:
     """Per-phase seconds of each path, and their agreement with organseg's fp32 path and with the truth."""
     out.mkdir(parents=True, exist_ok=True)
-    fast = Segmenter.from_run(run_dir, "cpu")
-    fast.stage1.bf16 = fast.stage2.bf16 = False  # compare like with like: fp32 everywhere
-    bf16 = Segmenter.from_run(run_dir, "cpu")
-    bf16.stage1.bf16 = bf16.stage2.bf16 = True
+    fast = segmenter_from_run(run_dir, "cpu", precision="fp32")  # compare like with like: fp32 everywhere
+    bf16 = segmenter_from_run(run_dir, "cpu", precision="bf16")
     clocks = {name: PhaseClock() for name in ("unoptimised", "straightforward")}
     paths = {
         "organseg": (fast.predict, fast.clock),
@@ -172,7 +171,7 @@ def plain_path(segmenter: Segmenter, image: Volume, clock: PhaseClock, straightf
     with clock.phase("resample_1"):
         coarse_input = resize(normalized, config.stage1.grid)
     with clock.phase("stage_1"):
-        coarse = segmenter.stage1(StageInput(coarse_input, whole, shape))[0].argmax(0).numpy().astype(np.uint8)
+        coarse = segmenter.stage1(StageInput(coarse_input, whole, shape))[0].argmax(0).astype(np.uint8)
     with clock.phase("locate"):
         box = segmenter.box_from_coarse(coarse, shape, spacing)
     with clock.phase("resample_2"):
@@ -181,11 +180,11 @@ def plain_path(segmenter: Segmenter, image: Volume, clock: PhaseClock, straightf
         logits = segmenter.stage2(StageInput(fine_input, box, shape))[0]
     with clock.phase("resample_back"):
         if straightforward:
-            probabilities = torch.softmax(logits, dim=0).numpy()
+            probabilities = torch.softmax(torch.from_numpy(logits), dim=0).numpy()
             factors = np.divide(box.shape, probabilities.shape[1:])
             full = np.stack([ndimage.zoom(p, factors, order=1, grid_mode=True, mode="nearest") for p in probabilities])
         else:
-            full = resample_image(logits, box.shape, shrink="nearest").numpy()
+            full = resample_image(logits, box.shape, shrink="nearest")
         region = full.argmax(0).astype(np.uint8)
     with clock.phase("clean_up"):
         labels = keep_largest_component(paste(region, box, shape))
@@ -194,10 +193,9 @@ def plain_path(segmenter: Segmenter, image: Volume, clock: PhaseClock, straightf
     return Volume(labels, image.geometry)
 
 
-def _zoom_to(image: np.ndarray, grid: tuple[int, int, int]) -> torch.Tensor:
+def _zoom_to(image: np.ndarray, grid: tuple[int, int, int]) -> np.ndarray:
     factors = np.divide(grid, image.shape)
-    zoomed = ndimage.zoom(image, factors, order=1, grid_mode=True, mode="nearest")
-    return torch.from_numpy(zoomed)[None, None]
+    return ndimage.zoom(image, factors, order=1, grid_mode=True, mode="nearest")[None, None]
 
 
 def _truth(image_path: Path) -> np.ndarray | None:

@@ -27,12 +27,12 @@ from pathlib import Path
 
 import torch
 
-from organseg.cascade import Segmenter
 from organseg.config import resolve_config
 from organseg.dataset import discover_dataset
 from organseg.device import autocast, resolve_device, use_bf16
 from organseg.io import read_image
 from organseg.losses import deep_supervision_loss
+from organseg.network_stage import segmenter_from_run
 from organseg.phantom import write_dataset
 from organseg.runs import run_training
 from organseg.train import build_model
@@ -118,7 +118,7 @@ def time_prediction(run_dir: Path, device: torch.device, out: Path, shape: tuple
     started = time.perf_counter()
     image = read_image(next((data / "imagesTs").iterdir()))
     read_s = time.perf_counter() - started
-    segmenter = Segmenter.from_run(run_dir, str(device))
+    segmenter = segmenter_from_run(run_dir, str(device))
     segmenter.predict(image)  # warm-up
     _reset_peak(device)
     times = []

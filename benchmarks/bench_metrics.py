@@ -43,7 +43,7 @@ SPACING_MM = (0.8, 0.8, 2.5)
 def make_pair(seed: int) -> tuple[Volume, Volume]:
     """Ground truth (the real labels on a 512x512x100 grid, plus a synthetic esophagus) and a perturbed prediction."""
     source = read_label(REAL_LABEL)
-    gt = resample_labels(source.array.astype(np.int64), SHAPE).numpy().astype(np.uint8)
+    gt = resample_labels(source.array.astype(np.int64), SHAPE).astype(np.uint8)
     # ts_abdomen has no esophagus: add a tube above the aorta so that all 13 organs are scored.
     aorta = np.argwhere(gt == 5).mean(axis=0).astype(int)
     grid_x, grid_y = np.ogrid[: SHAPE[0], : SHAPE[1]]

@@ -34,13 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
-from organseg.cascade import Segmenter
 from organseg.config import Config, resolve_config
 from organseg.dataset import discover_dataset
 from organseg.demo import DEMO_SETTINGS, FULL, QUICK, QUICK_SETTINGS, score_on_test_set
 from organseg.io import read_image
 from organseg.labels import IGNORE_LABEL
 from organseg.metrics import mean_dice
+from organseg.network_stage import segmenter_from_run
 from organseg.phantom import generate_case, write_dataset
 from organseg.phantom.writer import case_seed
 from organseg.pseudolabel import clean_pseudo_label
@@ -140,7 +140,7 @@ def _score(model_dir: Path, dataset, out: Path) -> dict:
 
 def precision_check(teacher: Path, dataset, seed: int, config: Config) -> dict:
     """The teacher's cleaned pseudo-labels in float32 and bf16: agreement and true Dice (unknown voxels kept)."""
-    segmenter = Segmenter.from_run(teacher, DEVICE)
+    segmenter = segmenter_from_run(teacher, DEVICE)
     agreement, true_dice = [], {"fp32": [], "bf16": []}
     for index, case in enumerate(dataset.unlabeled, start=1):
         image = read_image(case.image)

@@ -336,9 +336,9 @@ def test_outputs_are_exact_in_random_orientations(seed, tmp_path) -> None:
 
 
 def test_label_codes_of_dataset_json_reach_the_trained_model(tiny_run) -> None:
-    from organseg.cascade import Segmenter
+    from organseg.open_model import open_segmenter
 
-    label_set = Segmenter.from_run(tiny_run, "cpu").label_set
+    label_set = open_segmenter(tiny_run, "cpu").label_set
     assert label_set.concepts("gallbladder")[0] == tuple(GALLBLADDER_STRUCTURE)
     assert label_set.concepts("liver")[0] == ("SCT", "10200004", "Liver")
 

@@ -16,13 +16,15 @@ import numpy as np
 import pytest
 import torch
 
-from organseg.cascade import NetworkPredictor, Segmenter
+from organseg.cascade import Segmenter
 from organseg.checkpoint import load_checkpoint
 from organseg.config import resolve_config
 from organseg.dataset import discover_dataset
 from organseg.geometry import Geometry
 from organseg.io import Volume, read_image
 from organseg.labels import FLARE22
+from organseg.network_stage import NetworkPredictor
+from organseg.open_model import open_segmenter
 from organseg.phantom import write_dataset
 from organseg.runs import run_training
 from organseg.train import build_model
@@ -58,7 +60,7 @@ def test_training_steps_run_on_the_gpu(cuda_run) -> None:
 
 
 def test_the_cascade_predicts_on_cuda_under_bf16_autocast(cuda_run, phantoms: Path) -> None:
-    segmenter = Segmenter.from_run(cuda_run[0], device="cuda")
+    segmenter = open_segmenter(cuda_run[0], device="cuda")
     for predictor in (segmenter.stage1, segmenter.stage2):
         assert predictor.bf16 and next(predictor.model.parameters()).is_cuda
     dtypes = []

@@ -9,11 +9,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from organseg.cascade import Segmenter
 from organseg.config import resolve_config
 from organseg.dataset import discover_dataset
 from organseg.io import read_image, read_label
 from organseg.metrics import dice_per_class
+from organseg.open_model import open_segmenter
 from organseg.runs import run_training
 
 OVERFIT = [
@@ -48,7 +48,7 @@ def test_model_trained_on_one_real_case_segments_its_liver(real_data: Path, tmp_
 
     image = read_image(images / "abdomen_0000.nii.gz")
     truth = read_label(labels / "abdomen.nii.gz").array
-    prediction = Segmenter.from_run(tmp_path / "run", device="cpu").predict(image).array
+    prediction = open_segmenter(tmp_path / "run", device="cpu").predict(image).array
     dice = dice_per_class(prediction, truth, [1, 3])
     assert dice[1] >= 0.9, dice  # liver
     # The spleen too. The left kidney, a tenth of the liver's size, is learnt in some runs of

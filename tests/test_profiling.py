@@ -119,7 +119,7 @@ def test_written_profiles_merge_with_earlier_cases(tmp_path: Path) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_memory_is_followed_on_cuda() -> None:
     device = torch.device("cuda")
-    profiler = Profiler.for_device(device)
+    profiler = Profiler.for_device(str(device))
     with profiler.case("gpu"):
         block = torch.empty(3 * 2**30, dtype=torch.uint8, device=device)
         time.sleep(0.3)

@@ -43,13 +43,13 @@ def forward(labels: np.ndarray, geometry: Geometry, grid: tuple[int, int, int], 
     canonical = transform.apply(labels)
     canonical_geometry = transform.apply_geometry(geometry)
     box = bounding_box(canonical > 0, canonical_geometry.spacing_mm, margin_mm) or Box.whole(canonical.shape)
-    grid_labels = resample_labels(np.ascontiguousarray(crop(canonical, box)), grid, "nearest").numpy()
+    grid_labels = resample_labels(np.ascontiguousarray(crop(canonical, box)), grid, "nearest")
     grid_geometry = canonical_geometry.cropped(box.start, box.shape).resized(grid)
     return Path3(transform, box, canonical_geometry, grid_labels, grid_geometry)
 
 
 def inverse(path: Path3) -> tuple[np.ndarray, Geometry]:
-    in_crop = resample_labels(path.grid_labels, path.box.shape, "nearest").numpy()
+    in_crop = resample_labels(path.grid_labels, path.box.shape, "nearest")
     canonical = paste(in_crop, path.box, path.canonical_geometry.shape)
     undo = path.transform.inverse()
     return undo.apply(canonical), undo.apply_geometry(path.canonical_geometry)

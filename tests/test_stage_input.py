@@ -38,9 +38,9 @@ class Recorder:
         self.organ_block = organ_block
         self.calls: list[StageInput] = []
 
-    def __call__(self, request: StageInput) -> torch.Tensor:
+    def __call__(self, request: StageInput) -> np.ndarray:
         self.calls.append(request)
-        logits = torch.zeros((1, self.num_classes, *request.image.shape[2:]))
+        logits = np.zeros((1, self.num_classes, *request.image.shape[2:]), np.float32)
         if self.organ_block is not None:
             logits[(0, 1, *self.organ_block)] = 1.0
         return logits
@@ -80,9 +80,9 @@ def test_training_and_inference_show_a_stage_the_same_array(real_data: Path, tmp
     assert shown2.box != Box.whole(shown2.volume_shape)  # a region, not the whole volume
     trained1, _ = stage1_sample(prepared, foreground=True)
     trained2, _ = region_sample(prepared, shown2.box, config)
-    assert trained1.dtype == shown1.image.dtype == torch.float32
-    np.testing.assert_array_equal(trained1.numpy(), shown1.image[0].numpy())
-    np.testing.assert_array_equal(trained2.numpy(), shown2.image[0].numpy())
+    assert trained1.dtype == torch.float32 and shown1.image.dtype == np.float32
+    np.testing.assert_array_equal(trained1.numpy(), shown1.image[0])
+    np.testing.assert_array_equal(trained2.numpy(), shown2.image[0])
 
 
 def test_stage_input_equals_normalising_the_canonical_crop_then_resampling(real_data: Path) -> None:
@@ -93,5 +93,5 @@ def test_stage_input_equals_normalising_the_canonical_crop_then_resampling(real_
     canonical = np.ascontiguousarray(transform.apply(image.array))
     for box, grid in ((Box.whole(scan.shape), (48, 48, 32)), (Box((10, 5, 20), (100, 90, 70)), (80, 64, 48))):
         normalized = normalize_ct(np.asarray(crop(canonical, box)), window, scan.mean, scan.std)
-        expected = resample_image(normalized, grid).numpy()
-        np.testing.assert_allclose(stage_input(scan, box, grid)[0].numpy(), expected, rtol=0, atol=1e-5)
+        expected = resample_image(normalized, grid)
+        np.testing.assert_allclose(stage_input(scan, box, grid)[0], expected, rtol=0, atol=1e-5)

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from organseg import train as train_module
-from organseg.cascade import Segmenter
 from organseg.cli import main
 from organseg.config import resolve_config
 from organseg.dataset import discover_dataset
 from organseg.errors import InputError
 from organseg.io import read_image, read_label
+from organseg.open_model import open_segmenter
 from organseg.phantom import write_dataset
 from organseg.runs import run_training
 
@@ -62,7 +62,7 @@ def test_lr_halves_on_schedule(trained_run: Path) -> None:
 def test_prediction_is_on_the_exact_grid_of_every_real_input(
     trained_run: Path, real_data: Path, tmp_path: Path
 ) -> None:
-    segmenter = Segmenter.from_run(trained_run, device="cpu")
+    segmenter = open_segmenter(trained_run, device="cpu")
     for source in ("ts_abdomen/image.nii.gz", "ts_upper_abdomen_bad_origin/image.nii.gz", "dcmqi_3slice/dicom"):
         image = read_image(real_data / source)
         out = tmp_path / (source.replace("/", "_") + ".nii.gz")
@@ -103,7 +103,7 @@ def test_a_deeply_supervised_run_predicts_like_a_plain_one(phantoms: Path, tmp_p
     assert content["net"]["deep_supervision"] is True
     assert any(name.startswith("deep_heads.") for name in content["model"])
     image = read_image(phantoms / "imagesTs" / "phantom_t001_0000.nii.gz")
-    labels = Segmenter.from_run(tmp_path / "run", device="cpu").predict(image)
+    labels = open_segmenter(tmp_path / "run", device="cpu").predict(image)
     assert labels.array.shape == image.array.shape
 
 
@@ -159,5 +159,5 @@ def test_stage1_can_learn_the_organs_as_one_foreground_class(phantoms: Path, tmp
     row = json.loads((tmp_path / "run" / "stage1" / "log.jsonl").read_text().splitlines()[-1])
     assert list(row["val_dice_per_organ"]) == ["1"]
     image = read_image(phantoms / "imagesTs" / "phantom_t001_0000.nii.gz")
-    labels = Segmenter.from_run(tmp_path / "run", device="cpu").predict(image)
+    labels = open_segmenter(tmp_path / "run", device="cpu").predict(image)
     assert labels.array.shape == image.array.shape and labels.array.max() <= 13

@@ -11,9 +11,12 @@ input is z-scored on its grid: organseg.preprocess.stage_input), only the class 
 brought back to full resolution (`resampled_argmax`), and clean-up and pasting touch only
 the box. `Segmenter.clock` records the seconds spent in each phase.
 
-A stage is any `Predictor`: a callable from a `StageInput` to logits. Networks are one
-kind (`NetworkPredictor`); tests plug in ground-truth oracles to check every index and
-affine of the path without training.
+A stage is any `Predictor`: a callable from a `StageInput` to logits, NumPy in and out.
+The engines are two: PyTorch on a run's checkpoints (organseg.network_stage) and ONNX
+Runtime on an exported model (organseg.onnx_stage); organseg.open_model picks one for a
+folder. This module never imports torch, so both engines share every step around the
+networks. Tests plug in ground-truth oracles to check every index and affine of the path
+without training.
 """
 
 from __future__ import annotations
@@ -21,19 +24,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import torch
 
-from organseg.checkpoint import load_checkpoint
-from organseg.config import Config, from_dict
-from organseg.device import autocast, resolve_device, use_bf16
-from organseg.errors import InputError
+from organseg.config import Config
 from organseg.io import Volume
 from organseg.labels import LabelSet
-from organseg.metrics import mean_dice
-from organseg.nets.unet3d import UNet3D
 from organseg.phases import PhaseClock
 from organseg.postprocess import keep_largest_component
 from organseg.preprocess.crop import Box, bounding_box, grow_box, paste
@@ -48,12 +44,12 @@ log = logging.getLogger(__name__)
 class StageInput:
     """What a stage is asked to segment."""
 
-    image: torch.Tensor  # (1, 1, G...) normalised CT on the stage's grid
+    image: np.ndarray  # (1, 1, G...) float32, normalised CT on the stage's grid
     box: Box  # the region of the canonical volume it shows
     volume_shape: tuple[int, int, int]  # the canonical volume's shape
 
 
-Predictor = Callable[[StageInput], torch.Tensor]  # -> logits (1, C, G...)
+Predictor = Callable[[StageInput], np.ndarray]  # -> float32 logits (1, C, G...)
 
 # The logit of a class that must not win: finite, since interpolating logits multiplies
 # them by weights that may be 0 (and 0 * -inf is NaN); its probability is still 0.
@@ -78,26 +74,17 @@ class Segmentation:
     confidence: np.ndarray | None = None
 
 
-class NetworkPredictor:
-    """A trained stage network as a Predictor (bf16 autocast where it pays)."""
-
-    def __init__(self, model: UNet3D, device: torch.device, bf16: bool):
-        self.model = model.to(device).eval()
-        self.device = device
-        self.bf16 = bf16
-
-    @torch.no_grad()
-    def __call__(self, stage_input: StageInput) -> torch.Tensor:
-        with autocast(self.device, self.bf16):
-            logits = self.model(stage_input.image.to(self.device))
-        return logits.float().cpu()
-
-
 class Segmenter:
     """Two stages and the settings that join them; `predict` maps a CT Volume to its label Volume."""
 
     def __init__(
-        self, stage1: Predictor, stage2: Predictor, config: Config, label_set: LabelSet, unlearnt: tuple[int, ...] = ()
+        self,
+        stage1: Predictor,
+        stage2: Predictor,
+        config: Config,
+        label_set: LabelSet,
+        unlearnt: tuple[int, ...] = (),
+        device: str = "cpu",
     ):
         self.stage1 = stage1
         self.stage2 = stage2
@@ -106,22 +93,8 @@ class Segmenter:
         # Classes no training case annotated (partial labels): their outputs were never taught, so
         # they are merged into background rather than predicted from nothing.
         self.unlearnt = tuple(unlearnt)
+        self.device = device  # where the stages run ("cpu", "cuda:0"), for profiling
         self.clock = PhaseClock()  # seconds spent in each phase, for profiling
-
-    @classmethod
-    def from_run(cls, run_dir: Path, device: str = "auto") -> Segmenter:
-        """Load both stages' best checkpoints of a training run; the settings come from the checkpoints."""
-        run_dir = Path(run_dir)
-        if not (run_dir / "stage1" / "best.pt").is_file() or not (run_dir / "stage2" / "best.pt").is_file():
-            raise InputError(
-                f"{run_dir}: no trained model (stage1/best.pt and stage2/best.pt); run organseg train first"
-            )
-        torch_device = resolve_device(device)
-        stage1, _ = load_stage(run_dir / "stage1" / "best.pt", torch_device)
-        stage2, content = load_stage(run_dir / "stage2" / "best.pt", torch_device)
-        config = from_dict(content["config"], base=Config(), source=str(run_dir / "stage2" / "best.pt"))
-        label_set = LabelSet.from_mapping(content["labels"], codes=content.get("label_codes"))
-        return cls(stage1, stage2, config, label_set, tuple(content.get("unlearnt", ())))
 
     def predict(self, image: Volume) -> Volume:
         """The label map of `image` on exactly its grid (shape, spacing, origin, direction)."""
@@ -149,8 +122,8 @@ class Segmenter:
         labels = paste(region, box, ct.shape)
         scores = self._evidence(ct, geometry.spacing_mm, coarse, box, logits, labels)
         # Stage 2's top probability at every voxel; outside its box stage 1 found no organ.
-        top = torch.softmax(logits.float(), dim=0).max(dim=0).values
-        top_region = resample_image(top[None], box.shape, shrink="nearest")[0].numpy().astype(np.float16)
+        top = softmax(logits, axis=0).max(axis=0)
+        top_region = resample_image(top[None], box.shape, shrink="nearest")[0].astype(np.float16)
         top_volume = paste(top_region, box, ct.shape, fill=1.0)
         return Segmentation(result, scores, np.ascontiguousarray(transform.inverse().apply(top_volume)))
 
@@ -163,7 +136,7 @@ class Segmenter:
             logits = self.stage1(request)[0]
             if self.config.stage1_target != "foreground":
                 logits = merge_unlearnt(logits, self.unlearnt)
-            return logits.argmax(0).numpy().astype(np.uint8)
+            return logits.argmax(0).astype(np.uint8)
 
     def box_from_coarse(
         self, coarse: np.ndarray, shape: tuple[int, int, int], spacing_mm: tuple[float, float, float]
@@ -180,20 +153,20 @@ class Segmenter:
         """Stage 2 on `box`: labels (uint8/uint16) on the region's own voxels."""
         return self.logits_to_region(self.region_logits(ct, box), box)
 
-    def region_logits(self, ct: ScanView, box: Box) -> torch.Tensor:
+    def region_logits(self, ct: ScanView, box: Box) -> np.ndarray:
         """Stage 2's logits (C, G2...) for the region `box` of the canonical volume."""
         with self.clock.phase("resample_2"):
             request = StageInput(stage_input(ct, box, self.config.stage2.grid)[None], box, ct.shape)
         with self.clock.phase("stage_2"):
             return merge_unlearnt(self.stage2(request)[0], self.unlearnt)
 
-    def logits_to_region(self, logits: torch.Tensor, box: Box) -> np.ndarray:
+    def logits_to_region(self, logits: np.ndarray, box: Box) -> np.ndarray:
         """Stage 2's logits taken back to the region's voxels and turned into labels."""
         # Linear where the region has more voxels than the grid; where it has fewer, the
         # logits at each voxel's centre, so a grid finer than the image loses nothing.
         # Only the winning class is kept, computed without full-resolution logits.
         with self.clock.phase("resample_back"):
-            return resampled_argmax(logits, box.shape).numpy()
+            return resampled_argmax(logits, box.shape)
 
     def _evidence(
         self,
@@ -201,15 +174,16 @@ class Segmenter:
         spacing_mm: tuple[float, float, float],
         coarse: np.ndarray,
         box: Box,
-        logits: torch.Tensor,
+        logits: np.ndarray,
         labels: np.ndarray,
     ) -> dict[str, float]:
         """Three views of how sure the model is; each in [0, 1], 1 the most trustworthy."""
-        probabilities = torch.softmax(logits.float(), dim=0)
-        confidence, winner = probabilities.max(dim=0)
-        organs = winner > 0
+        from organseg.metrics import mean_dice  # with scipy, which plain prediction never imports (start-up time)
+
+        probabilities = softmax(logits, axis=0)
+        confidence, organs = probabilities.max(axis=0), probabilities.argmax(axis=0) > 0
         # Stage 1 and stage 2 are separate networks: where both see the same organs, they agree.
-        final_on_grid1 = resample_labels(labels, coarse.shape, "nearest").numpy()
+        final_on_grid1 = resample_labels(labels, coarse.shape, "nearest")
         if self.config.stage1_target == "foreground" or coarse.max() <= 1:
             stage_agreement = mean_dice((final_on_grid1 > 0).astype(np.uint8), (coarse > 0).astype(np.uint8))
         else:
@@ -226,15 +200,6 @@ class Segmenter:
         }
 
 
-def load_stage(checkpoint: Path, device: torch.device) -> tuple[NetworkPredictor, dict]:
-    """A stage's network from its checkpoint, as a Predictor; and the checkpoint's content."""
-    content = load_checkpoint(checkpoint, "cpu")
-    config = from_dict(content["config"], base=Config(), source=str(checkpoint))
-    model = UNet3D(**content["net"])
-    model.load_state_dict(content["model"])
-    return NetworkPredictor(model, device, use_bf16(device, config.precision)), content
-
-
 def organ_box_from_coarse(coarse: np.ndarray, shape: tuple[int, int, int]) -> Box | None:
     """The volume's box (no margin) of stage 1's largest organ blob on its grid; None if it found none."""
     largest = keep_largest_component(coarse)  # a stray blob must not stretch the box
@@ -243,14 +208,26 @@ def organ_box_from_coarse(coarse: np.ndarray, shape: tuple[int, int, int]) -> Bo
     return _grid_box_to_volume(bounding_box(largest > 0, spacing_mm=(1.0, 1.0, 1.0)), coarse.shape, shape)
 
 
-def merge_unlearnt(logits: torch.Tensor, unlearnt: tuple[int, ...]) -> torch.Tensor:
+def merge_unlearnt(logits: np.ndarray, unlearnt: tuple[int, ...]) -> np.ndarray:
     """Logits (C, ...) in which the classes `unlearnt` count as background: their probability joins it."""
     if not unlearnt:
         return logits
-    merged = logits.float().clone()
-    merged[0] = torch.logsumexp(merged[[0, *unlearnt]], dim=0)
+    merged = np.array(logits, dtype=np.float32)
+    merged[0] = logsumexp(merged[[0, *unlearnt]], axis=0)
     merged[list(unlearnt)] = NEVER_LOGIT
     return merged
+
+
+def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Probabilities from logits along `axis`, float32."""
+    shifted = np.exp(logits - logits.max(axis=axis, keepdims=True), dtype=np.float32)
+    return shifted / shifted.sum(axis=axis, keepdims=True)
+
+
+def logsumexp(values: np.ndarray, axis: int = 0) -> np.ndarray:
+    """log(sum(exp(values))) along `axis`, without overflow."""
+    top = values.max(axis=axis, keepdims=True)
+    return (top + np.log(np.exp(values - top).sum(axis=axis, keepdims=True))).squeeze(axis)
 
 
 def _grid_box_to_volume(box: Box, grid: tuple[int, int, int], shape: tuple[int, int, int]) -> Box:

@@ -11,7 +11,6 @@ from collections.abc import Iterable
 
 import cc3d
 import numpy as np
-from scipy import ndimage
 
 CONNECTIVITY = 26  # voxels touching by a face, an edge or a corner belong together
 
@@ -19,7 +18,8 @@ CONNECTIVITY = 26  # voxels touching by a face, an edge or a corner belong toget
 def keep_largest_component(labels: np.ndarray, label_ids: Iterable[int] | None = None) -> np.ndarray:
     """Keep only the largest connected component of each label in `label_ids` (all when None)."""
     components, sizes, owner = _components(labels)
-    chosen = set(np.unique(labels[labels > 0]).tolist() if label_ids is None else label_ids)
+    # The labels present are those that own a component (component 0 is the background).
+    chosen = set(np.flatnonzero(np.bincount(owner[1:])).tolist() if label_ids is None else label_ids) - {0}
     keep = np.ones(len(sizes), bool)
     for label in chosen:
         mine = np.flatnonzero(owner == label)
@@ -45,6 +45,8 @@ def fill_holes(labels: np.ndarray) -> np.ndarray:
     Only background is filled: an organ enclosed by another (e.g. a vessel inside the
     liver) stays as it is.
     """
+    from scipy import ndimage  # here, not at the top: prediction never fills holes, and scipy slows its start
+
     filled = labels.copy()
     boxes = ndimage.find_objects(labels)
     for index, box in enumerate(boxes):

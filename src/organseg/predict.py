@@ -25,11 +25,12 @@ import numpy as np
 from organseg.atomic import split_suffix
 from organseg.cascade import Segmenter
 from organseg.dataset import Case, folder_cases, is_dicom_series
-from organseg.device import resolve_device
 from organseg.dicom.outputs import DICOM_TYPES, output_paths, source_for, write_outputs
 from organseg.errors import InputError
+from organseg.export_folder import is_export
 from organseg.io import Volume, case_id, is_image_path, read_image
 from organseg.memory import release_free_memory
+from organseg.open_model import open_segmenter
 from organseg.profiling import Profiler, write_profile
 from organseg.progress import progress_bar
 from organseg.shards import WHOLE, Shard
@@ -39,7 +40,7 @@ OUTPUT_SUFFIX = ".nii.gz"
 
 
 def run_prediction(
-    run_dir: Path,
+    model_dir: Path,
     source: Path,
     output: Path,
     device: str = "auto",
@@ -47,7 +48,7 @@ def run_prediction(
     shard: Shard = WHOLE,
     output_types: tuple[str, ...] = ("nifti",),
 ) -> list[Path]:
-    """Segment `source` into `output`; returns the files written.
+    """Segment `source` into `output` with `model_dir` (a run or an exported model); returns the files written.
 
     With `profile`, also writes the efficiency profile of every case predicted (see the module notes).
     `shard`: of a folder, only this shard's cases. `output_types`: some of organseg.dicom.outputs.OUTPUT_TYPES.
@@ -55,10 +56,11 @@ def run_prediction(
     source, output = Path(source), Path(output)
     jobs = _jobs(source, output, shard, output_types)
     loading = time.perf_counter()
-    segmenter = Segmenter.from_run(run_dir, device)
+    segmenter = open_segmenter(model_dir, device)
     load_s = time.perf_counter() - loading
-    profiler = Profiler.for_device(resolve_device(device)) if profile else None
-    model = Path(run_dir).resolve().name
+    engine = "onnxruntime" if is_export(model_dir) else "pytorch"
+    profiler = Profiler.for_device(segmenter.device, engine) if profile else None
+    model = Path(model_dir).resolve().name
     written = []
     for case, paths in progress_bar(jobs, desc="predicting", unit="case"):
         with profiler.case(case.case_id) if profiler else contextlib.nullcontext():

@@ -96,8 +96,8 @@ def _write_case(case: Case, cache_dir: Path, config: Config, settings: dict) -> 
     arrays = {
         "hu": hu,
         "labels": labels,
-        "grid1_image": stage_input(scan, Box.whole(scan.shape), grid).numpy(),
-        "grid1_labels": resample_labels(labels, grid, config.label_resampling).numpy(),
+        "grid1_image": stage_input(scan, Box.whole(scan.shape), grid),
+        "grid1_labels": resample_labels(labels, grid, config.label_resampling),
     }
     for name, array in arrays.items():
         with atomic_write(cache_dir / f"{case.case_id}_{name}.npy") as temporary:

@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import psutil
@@ -32,9 +31,6 @@ import psutil
 from organseg.atomic import write_json, write_text
 from organseg.errors import InputError
 from organseg.phases import PREDICT_PHASES
-
-if TYPE_CHECKING:
-    import torch
 
 SAMPLE_INTERVAL_S = 0.1  # FLARE22's sampling period
 GPU_MEMORY_FLOOR_MB = 2048.0  # FLARE22 does not count GPU memory up to this much
@@ -144,20 +140,26 @@ class Profiler:
         self.settings: dict = {"cpu_cores": psutil.cpu_count()}  # what the numbers were measured on
 
     @classmethod
-    def for_device(cls, device: torch.device) -> Profiler:
-        """A profiler that also follows GPU memory when `device` is a CUDA device."""
-        import torch
+    def for_device(cls, device: str, engine: str = "pytorch") -> Profiler:
+        """A profiler that also follows GPU memory when `device` names a CUDA device ("cuda", "cuda:1").
 
-        if device.type != "cuda":
-            profiler = cls()
-        else:
+        engine: what runs the networks, "pytorch" or "onnxruntime"; only a CUDA device imports torch here.
+        """
+        profiler = cls()
+        if device.startswith("cuda"):
+            import torch
+
             profiler = cls(
                 gpu_memory_mb=lambda: torch.cuda.memory_reserved(device) / MB,
                 gpu_peak_mb=lambda: torch.cuda.max_memory_reserved(device) / MB,
                 reset_gpu_peak=lambda: torch.cuda.reset_peak_memory_stats(device),
             )
             profiler.settings["gpu"] = torch.cuda.get_device_name(device)
-        profiler.settings.update(device=str(device), torch_threads=torch.get_num_threads())
+        profiler.settings.update(device=device, engine=engine)
+        if engine == "pytorch":
+            import torch
+
+            profiler.settings["torch_threads"] = torch.get_num_threads()
         return profiler
 
     @contextlib.contextmanager

@@ -53,6 +53,7 @@ from organseg.io import Volume, read_image, read_label, write_label
 from organseg.labels import IGNORE_LABEL, LabelSet
 from organseg.memory import release_free_memory
 from organseg.metrics import mean_dice, organ_volumes_ml
+from organseg.open_model import open_segmenter
 from organseg.postprocess import fill_holes, keep_largest_component, remove_small_components
 from organseg.progress import progress_bar
 from organseg.shards import WHOLE, Shard
@@ -94,7 +95,7 @@ def run_pseudo_labeling(
     """
     out_dir = Path(out_dir)
     cases = _image_cases(images) if isinstance(images, Path) else list(images)
-    segmenter = Segmenter.from_run(run_dir, device)
+    segmenter = open_segmenter(run_dir, device)
     settings = settings or segmenter.config.ssl
     _claim(out_dir, Path(run_dir))
     mine = shard.select(cases, key=lambda case: case.case_id)

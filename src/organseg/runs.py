@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from organseg.atomic import write_json
-from organseg.cascade import StageInput, load_stage, organ_box_from_coarse
+from organseg.cascade import StageInput, organ_box_from_coarse
 from organseg.config import Config, load_config, save_config
 from organseg.dataset import Case, Dataset
 from organseg.dataset_checks import check_dataset
@@ -30,6 +30,7 @@ from organseg.device import resolve_device
 from organseg.distributed import ALONE, World, process_group
 from organseg.errors import InputError
 from organseg.labels import LabelSet
+from organseg.network_stage import load_stage
 from organseg.prepared import PreparedCase, prepare_cases
 from organseg.preprocess.crop import Box
 from organseg.shards import Shard
@@ -109,9 +110,9 @@ def with_inference_boxes(cases: list[PreparedCase], stage1: Path, device: torch.
         if case.annotated is None:
             boxed.append(case)
             continue
-        image = torch.from_numpy(np.array(case.grid1_image, dtype=np.float32))[None]
+        image = np.array(case.grid1_image, dtype=np.float32)[None]
         whole = Box.whole(case.scan.shape)
-        coarse = predictor(StageInput(image, whole, case.scan.shape))[0].argmax(0).numpy().astype(np.uint8)
+        coarse = predictor(StageInput(image, whole, case.scan.shape))[0].argmax(0).astype(np.uint8)
         found = organ_box_from_coarse(coarse, case.scan.shape) or case.organ_box
         own = case.organ_box if case.organ_box != whole else found
         start = tuple(min(a, b) for a, b in zip(found.start, own.start))

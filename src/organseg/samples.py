@@ -47,4 +47,4 @@ def region_sample(case: PreparedCase, box: Box, config: Config) -> tuple[torch.T
     grid = config.stage2.grid
     image = stage_input(case.scan, box, grid)
     labels = resample_labels(np.ascontiguousarray(crop(case.labels, box)), grid, config.label_resampling)
-    return image, labels.long()
+    return torch.from_numpy(image), torch.from_numpy(labels.astype(np.int64))

@@ -29,7 +29,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from organseg.atomic import write_json, write_text
-from organseg.cascade import Segmenter
 from organseg.checkpoint import load_checkpoint
 from organseg.completion import complete_cases
 from organseg.config import Config, load_config, save_config
@@ -39,6 +38,7 @@ from organseg.errors import InputError
 from organseg.io import read_image, read_label
 from organseg.labels import LabelSet
 from organseg.metrics import evaluate_case, finite_mean
+from organseg.open_model import open_segmenter
 from organseg.pseudolabel import run_pseudo_labeling
 from organseg.runs import TrainingInputs, choose_split, run_training
 
@@ -190,7 +190,7 @@ def validation_scores(model_dir: Path, dataset: Dataset, device: str = "auto") -
     """DSC and NSD per organ on the run's validation cases: the full cascade, on the original grid."""
     splits = json.loads((Path(model_dir) / "splits.json").read_text())
     by_id = {case.case_id: case for case in dataset.labeled}
-    segmenter = Segmenter.from_run(model_dir, device)
+    segmenter = open_segmenter(model_dir, device)
     rows = []
     for case_id in splits["validation"]:
         case = by_id[case_id]

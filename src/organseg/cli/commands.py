@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 
 from organseg.errors import InputError
@@ -77,8 +78,11 @@ def run_train(args: argparse.Namespace) -> None:
 
 def _worker(args: argparse.Namespace):
     """(shard, device name) of this worker: --shard or its torchrun rank; under torchrun its own GPU."""
-    from organseg.distributed import World
     from organseg.shards import worker_shard
+
+    if "WORLD_SIZE" not in os.environ:  # alone: no torchrun, and no torch to import for it
+        return worker_shard(args.shard), args.device
+    from organseg.distributed import World
 
     world = World.from_environment()
     return worker_shard(args.shard, world.rank, world.world_size), world.device(args.device)
@@ -96,6 +100,19 @@ def run_predict(args: argparse.Namespace) -> None:
     if args.profile and written:
         csv_path, json_path = profile_paths(args.output, shard)
         print(f"efficiency profile: {csv_path}, {json_path}")
+
+
+def run_export(args: argparse.Namespace) -> None:
+    try:
+        from organseg.export import export_run
+    except ImportError as error:
+        if error.name != "torch":
+            raise
+        raise InputError(
+            f'organseg export needs {error.name}, not installed here: pip install "organseg[train]"'
+        ) from None
+    out = export_run(args.run_dir, args.out)
+    print(f"exported {args.run_dir} to {out}; predict with: organseg predict {out} INPUT OUTPUT")
 
 
 def run_pseudo_label(args: argparse.Namespace) -> None:

@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_check(subcommands)
     _add_train(subcommands)
     _add_predict(subcommands)
+    _add_export(subcommands)
     _add_pseudo_label(subcommands)
     _add_ssl(subcommands)
     _add_evaluate(subcommands)
@@ -142,13 +143,16 @@ def _add_predict(subcommands: argparse._SubParsersAction) -> None:
     command = _subcommand(
         subcommands,
         "predict",
-        help="segment CT images with a trained run",
+        help="segment CT images with a trained run or an exported model",
         description=(
             "Segment one image file, one DICOM series folder, or a folder of images. Each label map "
-            "is written on exactly the grid of its input (shape, spacing, origin, direction)."
+            "is written on exactly the grid of its input (shape, spacing, origin, direction). From an "
+            "exported model (organseg export) the networks run in ONNX Runtime, and torch is not needed."
         ),
     )
-    command.add_argument("run_dir", type=Path, help="a run folder made by organseg train")
+    command.add_argument(
+        "run_dir", type=Path, help="a run folder made by organseg train, or a model folder made by organseg export"
+    )
     command.add_argument("input", type=Path, help="image file, DICOM series folder, or folder of images")
     command.add_argument("output", type=Path, help="label map file (for one input) or folder")
     command.add_argument(
@@ -168,6 +172,23 @@ def _add_predict(subcommands: argparse._SubParsersAction) -> None:
     )
     _add_shard_argument(command)
     command.set_defaults(handler=commands.run_predict, distributed=True)
+
+
+def _add_export(subcommands: argparse._SubParsersAction) -> None:
+    command = _subcommand(
+        subcommands,
+        "export",
+        help="export a trained run as ONNX networks plus their pipeline settings, for prediction without torch",
+        description=(
+            "Write both stages' best networks as ONNX (float32, fixed input shapes of the stage grids, no "
+            "deep-supervision heads) and model.json (settings, labels, organseg version, checksums) into the new "
+            'folder OUT. organseg predict OUT ... then runs in ONNX Runtime; pip install "organseg[runtime]" '
+            "is all it needs. Each network is checked against PyTorch before the folder is written."
+        ),
+    )
+    command.add_argument("run_dir", type=Path, help="a run folder made by organseg train")
+    command.add_argument("out", type=Path, help="the new folder of the exported model")
+    command.set_defaults(handler=commands.run_export)
 
 
 def _add_device_argument(command: argparse.ArgumentParser) -> None:

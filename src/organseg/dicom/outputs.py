@@ -46,8 +46,7 @@ def source_for(paths: dict[str, Path], image: Path, geometry: Geometry) -> Sourc
     """The source series' headers when `paths` holds a DICOM output, else None."""
     if not any(kind in DICOM_TYPES for kind in paths):
         return None
-    # pydicom and highdicom are imported only here and in write_outputs: they add ~0.5 s to
-    # every process start, and most predictions are NIfTI only.
+    _dicom_writers()  # a missing package fails here, before the networks run
     from organseg.dicom.source import read_source_series
 
     return read_source_series(image, geometry)
@@ -57,12 +56,10 @@ def write_outputs(
     labels: Volume, paths: dict[str, Path], label_set: LabelSet, model: str, source: SourceSeries | None = None
 ) -> list[Path]:
     """Write `labels` as every output in `paths`; returns the files written (an empty SEG or RTSTRUCT is not)."""
-    if source is None and any(kind in DICOM_TYPES for kind in paths):
+    wants_dicom = any(kind in DICOM_TYPES for kind in paths)
+    if source is None and wants_dicom:
         raise InputError(f"{next(iter(paths.values()))}: DICOM outputs need a DICOM series as input")
-    from organseg.dicom.rtstruct import write_rtstruct
-    from organseg.dicom.seg import write_seg
-
-    writers = {"dicom-seg": write_seg, "rtstruct": write_rtstruct}
+    writers = _dicom_writers() if wants_dicom else {}
     written = []
     for kind, path in paths.items():
         if kind == "nifti":
@@ -73,3 +70,20 @@ def write_outputs(
         else:
             log.warning("%s: no organ found, so no %s written (it needs at least one organ)", path, kind)
     return written
+
+
+def _dicom_writers() -> dict:
+    """The writer of each DICOM output type.
+
+    pydicom, highdicom and scikit-image are imported only when a DICOM output is asked
+    for: they add ~0.5 s to a process start, most predictions are NIfTI only, and the slim
+    runtime (organseg[runtime]) may leave them out.
+    """
+    try:
+        from organseg.dicom.rtstruct import write_rtstruct
+        from organseg.dicom.seg import write_seg
+    except ImportError as error:
+        raise InputError(
+            f'DICOM outputs need {error.name}, which is not installed here: pip install "organseg[dicom]"'
+        ) from None
+    return {"dicom-seg": write_seg, "rtstruct": write_rtstruct}

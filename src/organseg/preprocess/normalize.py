@@ -11,12 +11,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
 from organseg.config import CT_WINDOW_HU
 
 MIN_STD = 1e-3  # a constant image must not divide by zero
-STATISTICS_CHUNK = 1 << 22  # voxels per slab when summing the statistics
+STATISTICS_CHUNK = 1 << 20  # voxels per slab when summing the statistics (each makes a few float64 copies)
 
 
 def normalize_ct(
@@ -57,15 +56,13 @@ def clip_to_window(image_hu: np.ndarray, window_hu: tuple[float, float] = CT_WIN
     return np.clip(image_hu.astype(np.float32, copy=False), np.float32(low), np.float32(high))
 
 
-def zscore(clipped: np.ndarray | torch.Tensor, mean: float, std: float) -> np.ndarray | torch.Tensor:
+def zscore(clipped: np.ndarray, mean: float, std: float) -> np.ndarray:
     """(clipped - mean) / std, float32.
 
     Affine, so it commutes with resampling whose weights sum to one per output voxel: a
     clipped image resampled then z-scored equals one z-scored then resampled.
     """
     std = np.float32(max(std, MIN_STD))
-    if isinstance(clipped, torch.Tensor):
-        return (clipped.float() - float(np.float32(mean))) / float(std)
     return (clipped.astype(np.float32, copy=False) - np.float32(mean)) / std
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from organseg.preprocess.crop import Box
 from organseg.preprocess.normalize import clip_to_window, ct_statistics, zscore
@@ -50,13 +49,13 @@ class ScanView:
         return tuple(self.voxels.shape[p] for p in self.transform.permutation)
 
 
-def stage_input(scan: ScanView, box: Box, grid: tuple[int, int, int]) -> torch.Tensor:
+def stage_input(scan: ScanView, box: Box, grid: tuple[int, int, int]) -> np.ndarray:
     """The canonical region `box` of `scan`, clipped, resampled to `grid` and z-scored: (1, *grid) float32."""
     region = scan.voxels[scan.transform.source_slices(box.slices, scan.voxels.shape)]
-    clipped = clip_to_window(np.ascontiguousarray(region), scan.window_hu)
     memory_grid = [0, 0, 0]
     for new_axis, old_axis in enumerate(scan.transform.permutation):
         memory_grid[old_axis] = grid[new_axis]
-    resampled = resample_image(clipped, tuple(memory_grid)).numpy()
-    canonical = torch.from_numpy(np.ascontiguousarray(scan.transform.apply(resampled)))
+    # Clipped slab by slab as it is resampled: no full-size copy of the region is made.
+    resampled = resample_image(region, tuple(memory_grid), prepare=lambda slab: clip_to_window(slab, scan.window_hu))
+    canonical = np.ascontiguousarray(scan.transform.apply(resampled))
     return zscore(canonical, scan.mean, scan.std)[None]
