@@ -36,7 +36,7 @@ import torch
 from scipy import ndimage
 
 from organseg.cascade import Segmenter, StageInput
-from organseg.device import use_bf16
+from organseg.device import resolve_precision
 from organseg.io import Volume, read_image, read_label, write_label
 from organseg.metrics import dice_per_class, mean_dice
 from organseg.network_stage import segmenter_from_run
@@ -92,7 +92,7 @@ def machine() -> dict:
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
-        "native_bf16": use_bf16(torch.device("cpu"), "auto"),
+        "native_bf16": resolve_precision(torch.device("cpu"), "auto") == "bf16",
     }
 
 

@@ -29,7 +29,7 @@ import torch
 
 from organseg.config import resolve_config
 from organseg.dataset import discover_dataset
-from organseg.device import autocast, resolve_device, use_bf16
+from organseg.device import autocast, resolve_device, resolve_precision
 from organseg.io import read_image
 from organseg.losses import deep_supervision_loss
 from organseg.network_stage import segmenter_from_run
@@ -62,14 +62,14 @@ def time_network_steps(config, device: torch.device, steps: int) -> None:
     stage = config.stage2
     model = build_model(stage, NUM_CLASSES).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=stage.learning_rate)
-    bf16 = use_bf16(device, config.precision)
+    precision = resolve_precision(device, config.precision)
     images = torch.randn(stage.batch_size, 1, *stage.grid, device=device)
     targets = torch.randint(0, NUM_CLASSES, (stage.batch_size, *stage.grid), device=device)
     _reset_peak(device)
     times = []
     for step in range(steps + 2):  # two warm-up steps: kernel choice, allocator
         started = _now(device)
-        with autocast(device, bf16):
+        with autocast(device, precision):
             logits = model(images)
         loss = deep_supervision_loss(logits, targets)
         optimizer.zero_grad(set_to_none=True)
@@ -79,7 +79,7 @@ def time_network_steps(config, device: torch.device, steps: int) -> None:
             times.append(_now(device) - started)
     seconds = statistics.median(times)
     print(
-        f"network steps (stage 2, grid {list(stage.grid)}, batch {stage.batch_size}, bf16 {bf16}): "
+        f"network steps (stage 2, grid {list(stage.grid)}, batch {stage.batch_size}, {precision}): "
         f"{seconds:.3f} s/step, {stage.batch_size / seconds:.1f} samples/s; {_peak(device)}"
     )
     del model, optimizer, images, targets, logits, loss

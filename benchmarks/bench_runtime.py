@@ -38,7 +38,7 @@ from bench_cpu_inference import full_size_cases
 
 from organseg.checkpoint import save_checkpoint
 from organseg.config import resolve_config, to_dict
-from organseg.device import use_bf16
+from organseg.device import resolve_precision
 from organseg.export import export_run
 from organseg.io import read_image
 from organseg.labels import FLARE22
@@ -102,7 +102,7 @@ def machine() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
-        "native_bf16": use_bf16(torch.device("cpu"), "auto"),
+        "native_bf16": resolve_precision(torch.device("cpu"), "auto") == "bf16",
     }
 
 

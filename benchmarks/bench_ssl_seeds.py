@@ -146,7 +146,7 @@ def precision_check(teacher: Path, dataset, seed: int, config: Config) -> dict:
         image = read_image(case.image)
         labels = {}
         for precision in ("fp32", "bf16"):
-            segmenter.stage1.bf16 = segmenter.stage2.bf16 = precision == "bf16"
+            segmenter.stage1.precision = segmenter.stage2.precision = precision
             labels[precision] = clean_pseudo_label(segmenter.predict(image), config.ssl).array
         _, truth = generate_case(case_seed(seed, "unlabeled", index), None)
         agreement.append(mean_dice(labels["fp32"], labels["bf16"]))

@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="config override key=value, as in training")
     args = parser.parse_args()
     stage = getattr(resolve_config(args.preset, overrides=args.set), args.stage)
-    bf16 = args.precision == "bf16"
+    precision = args.precision
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, {threads} threads, {args.precision}; {args.preset} {args.stage}: ")
     print(f"grid {stage.grid}, widths {stage.net.widths}\n")
@@ -45,7 +45,7 @@ def main() -> None:
     print("|---|---|---|---|")
     for batch in args.batch:
         timings = {name: [] for name in LAYOUTS}
-        runs = {name: _Run(stage, batch, layout, bf16) for name, layout in LAYOUTS.items()}
+        runs = {name: _Run(stage, batch, layout, precision) for name, layout in LAYOUTS.items()}
         for _ in range(args.steps):
             for name, run in runs.items():
                 timings[name].append(run.step())
@@ -57,9 +57,9 @@ def main() -> None:
 class _Run:
     """A model, an optimizer and a random batch in one memory layout; `step` times one training step."""
 
-    def __init__(self, stage, batch: int, layout: torch.memory_format, bf16: bool) -> None:
+    def __init__(self, stage, batch: int, layout: torch.memory_format, precision: str) -> None:
         torch.manual_seed(0)
-        self.bf16 = bf16
+        self.precision = precision
         self.model = build_model(stage, FLARE22.num_classes).to(memory_format=layout)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=stage.learning_rate)
         self.image = torch.randn(batch, 1, *stage.grid).contiguous(memory_format=layout)
@@ -68,7 +68,7 @@ class _Run:
 
     def step(self) -> float:
         started = time.perf_counter()
-        with autocast(torch.device("cpu"), self.bf16):
+        with autocast(torch.device("cpu"), self.precision):
             loss = deep_supervision_loss(self.model(self.image), self.target)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -52,7 +52,7 @@ def test_file_then_overrides_apply_in_order(tmp_path: Path) -> None:
         ("stage1.learning_rate=5", "learning_rate must be in (0, 1)"),
         ("stage2.grid=[30,30,30]", "divisible by"),
         ("window_hu=[400,-200]", "low < high"),
-        ("precision=fp16", "precision must be"),
+        ("precision=fp8", "precision must be"),
         ("stage2.lr_schedule=cosine", "stage2.lr_schedule must be 'halving' or 'poly'"),
         ("augment.rotation_p=1.5", "probability"),
         ("largest_component=yes", "true or false"),

@@ -18,14 +18,16 @@ import onnx
 import pytest
 
 from organseg import __version__
+from organseg.cascade import StageInput
 from organseg.cli import main
 from organseg.config import resolve_config
 from organseg.dataset import discover_dataset
+from organseg.errors import InputError
 from organseg.export_folder import MANIFEST, read_manifest, sha256
 from organseg.io import read_image, read_label
 from organseg.metrics import dice_per_class
 from organseg.network_stage import segmenter_from_run
-from organseg.onnx_stage import segmenter_from_export
+from organseg.onnx_stage import OnnxPredictor, segmenter_from_export
 from organseg.phantom import write_dataset
 from organseg.runs import run_training
 
@@ -109,12 +111,13 @@ def test_onnx_runtime_labels_equal_pytorch_labels(run: Path, exported: Path, dat
         image = read_image(path)
         expected, labels = by_torch.predict(image).array, by_onnx.predict(image).array
         assert labels.shape == image.array.shape
-        organs = [label for label in range(1, 14) if (expected == label).sum() >= 100]
+        # Organs of 1000 voxels or more: in a smaller one a single near-tie voxel moves Dice by 0.001.
+        organs = [label for label in range(1, 14) if (expected == label).sum() >= 1000]
         found += len(organs)
         dice = dice_per_class(labels, expected, organs)
         assert all(value >= 0.999 for value in dice.values()), (path.name, dice)
         assert (labels == expected).mean() >= 0.999  # near-ties of an untrained model may flip a voxel
-    assert found >= 2 * TEST_CASES, "the tiny model found too few organs for this test to mean anything"
+    assert found >= TEST_CASES, "the tiny model found too few organs for this test to mean anything"
 
 
 def test_stage_logits_agree_within_float32_rounding(run: Path, exported: Path, data: Path) -> None:
@@ -137,15 +140,17 @@ RUN_WITHOUT = textwrap.dedent(
     class Refuse(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
             if name.split(".")[0] in BLOCKED:
+                ATTEMPTS.append(name)
                 raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
             return None
 
-    BLOCKED = set(sys.argv[1].split(","))
+    BLOCKED, ATTEMPTS = set(sys.argv[1].split(",")), []
     sys.meta_path.insert(0, Refuse())
     from organseg.cli import main
 
     status = main(sys.argv[2:])
-    assert not BLOCKED & {name.split(".")[0] for name in sys.modules}, "a blocked package was imported"
+    # A command that succeeds never even tried a blocked package (not tried, failed and let go).
+    assert status != 0 or not ATTEMPTS, f"tried to import {ATTEMPTS}"
     sys.exit(status)
     """
 )
@@ -178,6 +183,8 @@ def test_missing_packages_are_named_with_the_install_command(exported, run, data
         ("torch", ["export", run, tmp_path / "c"], "organseg[train]"),
         ("onnxscript", ["export", run, tmp_path / "d"], "organseg[train]"),
         ("pydicom", ["predict", exported, series, tmp_path / "e.nii.gz", "--output-type", "rtstruct"], "[dicom]"),
+        ("torch", ["train", data, tmp_path / "f", "--preset", "tiny"], "organseg[train]"),
+        ("matplotlib", ["evaluate", data / "labelsTr", data / "labelsTr", "--out", tmp_path / "g"], "organseg[report]"),
     ]
     for blocked, arguments, hint in cases:
         done = _organseg_without(blocked, *arguments)
@@ -205,18 +212,35 @@ def test_an_export_of_another_version_or_with_a_changed_file_is_refused(exported
 
 def test_shapes_that_do_not_fit_the_exported_networks_are_refused(exported: Path, data: Path, tmp_path, capsys):
     copy = _fresh_copy(exported, tmp_path)
-    manifest = json.loads((copy / MANIFEST).read_text())
-    manifest["config"]["stage2"]["grid"] = [48, 48, 48]  # settings that ask for another grid than exported
-    (copy / MANIFEST).write_text(json.dumps(manifest))
-    image = next((data / "imagesTs").iterdir())
-    assert main(["predict", str(copy), str(image), str(tmp_path / "out.nii.gz")]) == 2
-    assert "exported for input (1, 1, 32, 32, 32)" in _one_error_line(capsys)
-    manifest["stages"]["stage1"]["input"]["shape"] = [1, 1, 16, 16, 16]
-    (copy / MANIFEST).write_text(json.dumps(manifest))
-    assert main(["predict", str(copy), str(image), str(tmp_path / "out.nii.gz")]) == 2
-    assert "its manifest says (1, 1, 16, 16, 16)" in _one_error_line(capsys)
-    assert main(["predict", str(exported), str(image), str(tmp_path / "out.nii.gz"), "--device", "cuda"]) == 2
+    pristine = json.loads((copy / MANIFEST).read_text())
+    image, out = next((data / "imagesTs").iterdir()), tmp_path / "out" / "case.nii.gz"
+    out.parent.mkdir()
+
+    def refusal(edit) -> str:
+        manifest = json.loads(json.dumps(pristine))
+        edit(manifest)
+        (copy / MANIFEST).write_text(json.dumps(manifest))
+        assert main(["predict", str(copy), str(image), str(out)]) == 2
+        assert not any(out.parent.iterdir())  # refused before any case is written
+        return _one_error_line(capsys)
+
+    # Settings asking for another grid than the networks were exported for.
+    message = refusal(lambda m: m["config"]["stage2"].update(grid=[48, 48, 48]))
+    assert "stage2's grid asks for input (1, 1, 48, 48, 48), its network was exported for (1, 1, 32, 32, 32)" in message
+
+    def both(manifest):  # grid and manifest agree, the network file does not
+        manifest["config"]["stage1"]["grid"] = [16, 16, 16]
+        manifest["stages"]["stage1"]["input"]["shape"] = [1, 1, 16, 16, 16]
+
+    assert "takes input (1, 1, 32, 32, 32), its manifest says (1, 1, 16, 16, 16)" in refusal(both)
+    assert "no 'stages' section" in refusal(lambda m: m.pop("stages"))
+    assert "not a name inside the folder" in refusal(lambda m: m["stages"]["stage2"].update(file="../stage2.onnx"))
+    assert main(["predict", str(exported), str(image), str(out), "--device", "cuda"]) == 2
     assert "runs on the CPU" in _one_error_line(capsys)
+    # Called directly, a stage refuses an input of another shape in one line too.
+    entry = pristine["stages"]["stage1"]
+    with pytest.raises(InputError, match="exported for input"):
+        OnnxPredictor(exported / "stage1.onnx", entry)(StageInput(np.zeros((1, 1, 8, 8, 8), np.float32), None, None))
 
 
 def test_export_refuses_a_non_run_an_existing_folder_and_a_mismatch(run: Path, tmp_path, capsys, monkeypatch):

@@ -62,7 +62,7 @@ def test_training_steps_run_on_the_gpu(cuda_run) -> None:
 def test_the_cascade_predicts_on_cuda_under_bf16_autocast(cuda_run, phantoms: Path) -> None:
     segmenter = open_segmenter(cuda_run[0], device="cuda")
     for predictor in (segmenter.stage1, segmenter.stage2):
-        assert predictor.bf16 and next(predictor.model.parameters()).is_cuda
+        assert predictor.precision == "bf16" and next(predictor.model.parameters()).is_cuda
     dtypes = []
     hook = segmenter.stage2.model.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
     image = read_image(phantoms / "imagesTs" / "phantom_t001_0000.nii.gz")
@@ -79,7 +79,7 @@ def test_a_full_size_ct_needs_under_2_gb_of_gpu_memory_with_the_default_networks
     # sends the whole 512x512x100 volume to stage 2, the largest box there can be.
     config = resolve_config("cpu")
     predictors = [
-        NetworkPredictor(build_model(stage, 14), torch.device("cuda"), bf16=True)
+        NetworkPredictor(build_model(stage, 14), torch.device("cuda"), "bf16")
         for stage in (config.stage1, config.stage2)
     ]
     segmenter = Segmenter(*predictors, config, FLARE22)

@@ -208,7 +208,7 @@ def test_self_training_completes_partial_cases_with_ground_truth_first(partial_p
 def test_fully_labeled_cases_keep_their_share_of_every_batch() -> None:
     from types import SimpleNamespace
 
-    from organseg.train import draw_batch
+    from organseg.batches import draw_batch
 
     full = [SimpleNamespace(pseudo=False, annotated=None, name=f"f{i}") for i in range(2)]
     partial = [SimpleNamespace(pseudo=False, annotated=(1,), name=f"p{i}") for i in range(12)]

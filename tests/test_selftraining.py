@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from organseg import demo as demo_module
+from organseg.batches import draw_batch
 from organseg.config import SelfTrainingConfig, resolve_config
 from organseg.dataset import Case, discover_dataset
 from organseg.errors import InputError
@@ -27,7 +28,6 @@ from organseg.phantom import write_dataset
 from organseg.pseudolabel import clean_pseudo_label, decide, read_scores, run_pseudo_labeling
 from organseg.runs import TrainingInputs, run_training
 from organseg.selftraining import choose_shipped, rounds_table, run_ssl
-from organseg.train import draw_batch
 
 SHAPE = (48, 48, 24)
 TINY = ["stage1.epochs=2", "stage2.epochs=2"]

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from organseg import batches as batches_module
 from organseg import train as train_module
 from organseg.augment import STRONG_P, strong_augment
+from organseg.batches import augment_settings
 from organseg.checkpoint import load_checkpoint, save_checkpoint
 from organseg.config import AugmentConfig, SelfTrainingConfig, resolve_config
 from organseg.dataset import Case, discover_dataset
@@ -22,7 +24,7 @@ from organseg.phantom import write_dataset
 from organseg.pseudolabel import unsure_voxels
 from organseg.runs import TrainingInputs, run_training
 from organseg.selftraining import choose_shipped
-from organseg.train import augment_settings, build_model, warm_start
+from organseg.train import build_model, warm_start
 
 SHAPE = (48, 48, 24)
 TINY = ["stage1.epochs=2", "stage2.epochs=2"]
@@ -67,13 +69,14 @@ def test_a_training_step_augments_exactly_its_pseudo_labeled_samples(
     phantoms: Path, teacher: Path, tmp_path: Path, monkeypatch
 ) -> None:
     seen = []
-    real = train_module.augment_drawn
+    real = batches_module.augment_settings
 
-    def spy(image, labels, config, generator, pairs=()):
-        seen.append(config.enabled)
-        return real(image, labels, config, generator, pairs)
+    def spy(config, case):
+        settings = real(config, case)
+        seen.append(settings.enabled)
+        return settings
 
-    monkeypatch.setattr(train_module, "augment_drawn", spy)
+    monkeypatch.setattr(batches_module, "augment_settings", spy)
     dataset = discover_dataset(phantoms)
     pseudo = tuple(Case(c.case_id, c.image, c.label) for c in dataset.labeled[:2])  # stand-in pseudo-labels
     config = resolve_config("tiny", overrides=[*TINY, "augment.enabled=false", "ssl.labeled_fraction=0.5"])

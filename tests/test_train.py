@@ -109,8 +109,8 @@ def test_a_deeply_supervised_run_predicts_like_a_plain_one(phantoms: Path, tmp_p
 
 @pytest.mark.parametrize(
     "settings",
-    [[], ["stage1.lr_schedule=poly", "stage1.net.deep_supervision=true"]],
-    ids=["halving", "poly-deep-supervision"],
+    [[], ["stage1.lr_schedule=poly", "stage1.net.deep_supervision=true"], ["precision=fp16"], ["workers=2"]],
+    ids=["halving", "poly-deep-supervision", "fp16-loss-scaling", "loader-workers"],
 )
 def test_resumed_training_ends_where_an_uninterrupted_one_does(
     phantoms: Path, tmp_path: Path, monkeypatch, settings: list[str]
@@ -139,6 +139,8 @@ def test_resumed_training_ends_where_an_uninterrupted_one_does(
     assert resumed["optimizer"]["param_groups"][0]["lr"] == straight["optimizer"]["param_groups"][0]["lr"]
     for name, tensor in straight["model"].items():
         assert torch.equal(tensor, resumed["model"][name]), name
+    assert ("scaler" in straight) == ("precision=fp16" in settings)  # fp16 resumes with its loss scale
+    assert resumed.get("scaler") == straight.get("scaler")
 
 
 def test_train_cli_with_overrides_and_unknown_keys(phantoms: Path, tmp_path: Path, capsys) -> None:

@@ -85,6 +85,7 @@ class Segmenter:
         label_set: LabelSet,
         unlearnt: tuple[int, ...] = (),
         device: str = "cpu",
+        engine: str = "pytorch",
     ):
         self.stage1 = stage1
         self.stage2 = stage2
@@ -94,6 +95,7 @@ class Segmenter:
         # they are merged into background rather than predicted from nothing.
         self.unlearnt = tuple(unlearnt)
         self.device = device  # where the stages run ("cpu", "cuda:0"), for profiling
+        self.engine = engine  # what runs them ("pytorch", "onnxruntime"), for profiling
         self.clock = PhaseClock()  # seconds spent in each phase, for profiling
 
     def predict(self, image: Volume) -> Volume:

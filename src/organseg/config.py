@@ -28,6 +28,7 @@ from organseg.errors import InputError
 # The CT clipping window before z-scoring: wide enough for fat (about -100 HU) and for
 # contrast-enhanced kidneys, aorta and IVC (up to about 350 HU).
 CT_WINDOW_HU = (-200.0, 400.0)
+STAGES = ("stage1", "stage2")  # the cascade's two networks, in the order they run
 # nnU-Net's six-level widths (32 doubling to a cap) with a wider bottom, to reach the paper's
 # "about 41 M parameters per stage": 40.8 M with 1 input channel and 14 classes, 1.87 TFLOPs
 # per 160^3 forward pass (nnU-Net's 320 cap would give 31.2 M).
@@ -175,7 +176,8 @@ class Config:
     seed: int = 0
     window_hu: tuple[float, float] = CT_WINDOW_HU
     label_resampling: str = "linear"  # training targets on the stage grids: "linear" or "nearest"
-    precision: str = "auto"  # "auto" (bf16 where the hardware has it), "bf16" or "fp32"
+    precision: str = "auto"  # "auto" (organseg.device.resolve_precision), "bf16", "fp16" or "fp32"
+    workers: int = -1  # loader worker processes per training process; -1: organseg.batches.loader_workers decides
     validation_cases: int = 1  # labeled cases held out for validation (0: none)
     # Cross-entropy class weights (f_background / f_class) ** class_balance, so small organs
     # are learnt early (organseg.losses.class_weights); 0: every voxel weighs the same.

@@ -18,8 +18,10 @@ def config_problems(config: Config) -> list[str]:
         check(f"window_hu must be [low, high] with low < high, got {list(config.window_hu)}")
     if config.label_resampling not in ("linear", "nearest"):
         check(f"label_resampling must be 'linear' or 'nearest', got '{config.label_resampling}'")
-    if config.precision not in ("auto", "bf16", "fp32"):
-        check(f"precision must be 'auto', 'bf16' or 'fp32', got '{config.precision}'")
+    if config.workers < -1:
+        check(f"workers must be -1 (auto) or a number of processes >= 0, got {config.workers}")
+    if config.precision not in ("auto", "bf16", "fp16", "fp32"):
+        check(f"precision must be 'auto', 'bf16', 'fp16' or 'fp32', got '{config.precision}'")
     if config.stage1_target not in ("organs", "foreground"):
         check(f"stage1_target must be 'organs' or 'foreground', got '{config.stage1_target}'")
     if not 0 <= config.class_balance <= 1:

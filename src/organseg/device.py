@@ -23,22 +23,44 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise InputError(f"--device {name}: unknown device; use auto, cpu or cuda")
 
 
-def use_bf16(device: torch.device, precision: str) -> bool:
-    """Whether to run under bfloat16 autocast: 'auto' picks it where the hardware computes it natively."""
-    if precision == "fp32":
-        return False
-    if precision == "bf16":
-        return True
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# bf16 tensor cores arrived with compute capability 8.0 (Ampere); before it,
+# torch.cuda.is_bf16_supported() still says yes, but 3D convolutions then run emulated.
+NATIVE_BF16_CAPABILITY = (8, 0)
+
+
+def resolve_precision(device: torch.device, setting: str = "auto") -> str:
+    """The precision the networks run in on `device`: "bf16", "fp16" or "fp32" (autocast; weights stay fp32).
+
+    "auto": bf16 where the hardware computes it natively (CUDA compute capability >= 8.0,
+    or a CPU with AVX-512 BF16 or AMX); on older GPUs fp16 (training then scales its loss,
+    see organseg.train); fp32 on other CPUs, where neither half type is fast.
+    """
+    if setting != "auto":
+        return setting
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and _cpu_has_native_bf16()
+        return "bf16" if torch.cuda.get_device_capability(device) >= NATIVE_BF16_CAPABILITY else "fp16"
+    return "bf16" if device.type == "cpu" and _cpu_has_native_bf16() else "fp32"
 
 
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bfloat16 autocast on `device` when enabled; parameters stay float32."""
-    if not enabled:
+def describe_precision(device: torch.device, setting: str) -> str:
+    """One line for the log: the precision chosen and why."""
+    chosen = resolve_precision(device, setting)
+    if setting != "auto":
+        return f"{chosen} (as set)"
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        native = "native" if chosen == "bf16" else "not native"
+        return f"{chosen} autocast (bf16 is {native} at compute capability {major}.{minor})"
+    return f"{chosen} (bf16 is {'native' if chosen == 'bf16' else 'not native'} on this CPU)"
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast to `precision` ("bf16", "fp16") on `device`; none for "fp32". Parameters stay float32."""
+    if precision not in AUTOCAST_DTYPES:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[precision])
 
 
 def training_memory_format(device: torch.device) -> torch.memory_format:

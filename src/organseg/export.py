@@ -26,11 +26,14 @@ import torch
 
 from organseg import __version__
 from organseg.atomic import write_json
+from organseg.cascade import StageInput
+from organseg.config import STAGES
 from organseg.errors import InputError
-from organseg.export_folder import FORMAT, MANIFEST, STAGES, sha256
+from organseg.export_folder import FORMAT, MANIFEST, sha256
 from organseg.nets.unet3d import UNet3D
 from organseg.network_stage import is_run, load_network
 from organseg.onnx_stage import OnnxPredictor
+from organseg.preprocess.crop import Box
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,8 @@ def export_run(run_dir: Path, out: Path) -> Path:
     if out.exists():
         raise InputError(f"{out}: already exists; give a new folder for the exported model")
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    # Not atomic.py's ".partial-" names: those are files, which its sweep removes.
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.exporting-", dir=out.parent))
     umask = os.umask(0)
     os.umask(umask)
     staging.chmod(0o777 & ~umask)  # a folder like any other, not mkdtemp's private one
@@ -142,9 +146,6 @@ def _export_network(model: UNet3D, content: dict, path: Path) -> dict:
 
 def _check_agreement(model: UNet3D, path: Path, entry: dict) -> float:
     """The largest logit difference between ONNX Runtime and PyTorch on a smooth random input; refuses a mismatch."""
-    from organseg.cascade import StageInput
-    from organseg.preprocess.crop import Box
-
     rng = np.random.default_rng(0)
     shape = tuple(entry["input"]["shape"])
     # Smooth, z-scored-like values: the networks' inputs are resampled CT, not white noise.

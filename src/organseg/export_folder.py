@@ -23,11 +23,11 @@ import json
 from pathlib import Path
 
 from organseg import __version__
+from organseg.config import STAGES
 from organseg.errors import InputError
 
 FORMAT = "organseg-export-1"
 MANIFEST = "model.json"
-STAGES = ("stage1", "stage2")
 CHUNK_BYTES = 1 << 22
 
 
@@ -55,6 +55,9 @@ def read_manifest(folder: Path) -> dict:
         raise InputError(f"{path}: not a readable export manifest ({error}); export the run again") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise InputError(f"{path}: not an organseg export ({FORMAT}); export the run with organseg export")
+    problem = _structure_problem(manifest)
+    if problem:
+        raise InputError(f"{path}: {problem}; export the run again")
     version = manifest.get("organseg_version")
     if version != __version__:
         raise InputError(
@@ -71,3 +74,20 @@ def read_manifest(folder: Path) -> dict:
                 f"{file}: checksum does not match {MANIFEST}; the file was changed or damaged, export the run again"
             )
     return manifest
+
+
+def _structure_problem(manifest: dict) -> str | None:
+    """What is missing or malformed in a manifest of the right format; None when it is whole."""
+    for key in ("config", "labels", "stages"):
+        if not isinstance(manifest.get(key), dict):
+            return f"no {key!r} section"
+    for stage in STAGES:
+        entry = manifest["stages"].get(stage)
+        if not isinstance(entry, dict) or not all(key in entry for key in ("file", "sha256", "input", "output")):
+            return f"no complete {stage!r} entry"
+        if Path(str(entry["file"])).name != entry["file"]:
+            return f"{stage} file {entry['file']!r} is not a name inside the folder"
+        shape = entry["input"].get("shape") if isinstance(entry["input"], dict) else None
+        if not isinstance(shape, list) or len(shape) != 5:
+            return f"{stage} input shape {shape!r} is not (1, 1, X, Y, Z)"
+    return None

@@ -57,11 +57,11 @@ def dice_ce_loss(
         return per_sample.mean()
     if sample_weights.shape != per_sample.shape:
         raise ValueError(f"sample_weights must have shape ({per_sample.shape[0]},), got {tuple(sample_weights.shape)}")
+    # Checked where the weights are given (the CPU in training), not on the device: no step waits for it.
+    if bool((sample_weights < 0).any()) or not bool(sample_weights.sum() > 0):
+        raise ValueError(f"sample_weights must be >= 0 with a positive sum, got {sample_weights.tolist()}")
     weights = sample_weights.to(device=per_sample.device, dtype=per_sample.dtype)
-    total = weights.sum()
-    if bool((weights < 0).any()) or not bool(total > 0):
-        raise ValueError(f"sample_weights must be >= 0 with a positive sum, got {weights.tolist()}")
-    return (weights * per_sample).sum() / total
+    return (weights * per_sample).sum() / weights.sum()
 
 
 def deep_supervision_loss(

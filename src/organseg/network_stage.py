@@ -14,26 +14,24 @@ import torch
 
 from organseg.cascade import Segmenter, StageInput
 from organseg.checkpoint import load_checkpoint
-from organseg.config import Config, from_dict
-from organseg.device import autocast, resolve_device, use_bf16
+from organseg.config import STAGES, Config, from_dict
+from organseg.device import autocast, resolve_device, resolve_precision
 from organseg.errors import InputError
 from organseg.labels import LabelSet
 from organseg.nets.unet3d import UNet3D
 
-STAGES = ("stage1", "stage2")
-
 
 class NetworkPredictor:
-    """A trained stage network as a Predictor (bf16 autocast where it pays)."""
+    """A trained stage network as a Predictor, in the precision given ("bf16", "fp16" autocast or "fp32")."""
 
-    def __init__(self, model: UNet3D, device: torch.device, bf16: bool):
+    def __init__(self, model: UNet3D, device: torch.device, precision: str):
         self.model = model.to(device).eval()
         self.device = device
-        self.bf16 = bf16
+        self.precision = precision
 
     @torch.no_grad()
     def __call__(self, stage_input: StageInput) -> np.ndarray:
-        with autocast(self.device, self.bf16):
+        with autocast(self.device, self.precision):
             logits = self.model(torch.from_numpy(stage_input.image).to(self.device))
         return logits.float().cpu().numpy()
 
@@ -72,4 +70,4 @@ def load_stage(checkpoint: Path, device: torch.device, precision: str | None = N
     """A stage's network from its checkpoint, as a Predictor; and the checkpoint's content."""
     model, content = load_network(checkpoint)
     config = from_dict(content["config"], base=Config(), source=str(checkpoint))
-    return NetworkPredictor(model, device, use_bf16(device, precision or config.precision)), content
+    return NetworkPredictor(model, device, resolve_precision(device, precision or config.precision)), content

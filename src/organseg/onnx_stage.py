@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from organseg.cascade import Segmenter, StageInput
-from organseg.config import Config, from_dict
+from organseg.config import STAGES, Config, from_dict
 from organseg.errors import InputError
-from organseg.export_folder import STAGES, read_manifest
+from organseg.export_folder import MANIFEST, read_manifest
 from organseg.labels import LabelSet
 
 
@@ -53,11 +53,19 @@ def segmenter_from_export(folder: Path, threads: int | None = None) -> Segmenter
     """The Segmenter of an exported model folder, its networks run by ONNX Runtime on the CPU."""
     folder = Path(folder)
     manifest = read_manifest(folder)
+    config = from_dict(manifest["config"], base=Config(), source=str(folder / MANIFEST))
+    label_set = LabelSet.from_mapping(manifest["labels"], codes=manifest.get("label_codes"))
+    for stage in STAGES:
+        # Checked before any case is read: settings and networks from different runs must not meet.
+        expected, exported = (1, 1, *getattr(config, stage).grid), tuple(manifest["stages"][stage]["input"]["shape"])
+        if exported != expected:
+            raise InputError(
+                f"{folder / MANIFEST}: {stage}'s grid asks for input {expected}, its network was exported for "
+                f"{exported}; export the run again"
+            )
     entries = [manifest["stages"][stage] for stage in STAGES]
     stages = [OnnxPredictor(folder / entry["file"], entry, threads) for entry in entries]
-    config = from_dict(manifest["config"], base=Config(), source=str(folder / "model.json"))
-    label_set = LabelSet.from_mapping(manifest["labels"], codes=manifest.get("label_codes"))
-    return Segmenter(*stages, config, label_set, tuple(manifest.get("unlearnt", ())), "cpu")
+    return Segmenter(*stages, config, label_set, tuple(manifest.get("unlearnt", ())), "cpu", "onnxruntime")
 
 
 def _onnxruntime():

@@ -1,6 +1,6 @@
 """A trained model from a folder: a run (PyTorch engine) or an exported model (ONNX Runtime engine).
 
-`organseg predict`, `pseudo-label` and the self-training rounds take either folder. The
+`organseg predict` takes either folder (pseudo-labeling and self-training take runs). The
 engine is chosen by what the folder holds, and imported only then: predicting from an
 exported model never imports torch, so it runs where torch is not installed.
 """
@@ -18,7 +18,7 @@ def open_segmenter(folder: Path, device: str = "auto") -> Segmenter:
     """The Segmenter of a run folder (organseg train) or an exported model folder (organseg export)."""
     folder = Path(folder)
     if is_export(folder):
-        if device.startswith("cuda"):
+        if device not in ("auto", "cpu"):
             raise InputError(f"--device {device}: an exported model runs on the CPU; use --device cpu or auto")
         from organseg.onnx_stage import segmenter_from_export
 
@@ -26,7 +26,7 @@ def open_segmenter(folder: Path, device: str = "auto") -> Segmenter:
     try:
         from organseg.network_stage import segmenter_from_run
     except ImportError as error:
-        if error.name != "torch":
+        if (error.name or "").split(".")[0] != "torch":
             raise
         raise InputError(
             f"{folder}: predicting from a run folder needs PyTorch, which is not installed here; "

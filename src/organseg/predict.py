@@ -27,7 +27,6 @@ from organseg.cascade import Segmenter
 from organseg.dataset import Case, folder_cases, is_dicom_series
 from organseg.dicom.outputs import DICOM_TYPES, output_paths, source_for, write_outputs
 from organseg.errors import InputError
-from organseg.export_folder import is_export
 from organseg.io import Volume, case_id, is_image_path, read_image
 from organseg.memory import release_free_memory
 from organseg.open_model import open_segmenter
@@ -58,8 +57,7 @@ def run_prediction(
     loading = time.perf_counter()
     segmenter = open_segmenter(model_dir, device)
     load_s = time.perf_counter() - loading
-    engine = "onnxruntime" if is_export(model_dir) else "pytorch"
-    profiler = Profiler.for_device(segmenter.device, engine) if profile else None
+    profiler = Profiler.for_device(segmenter.device, segmenter.engine) if profile else None
     model = Path(model_dir).resolve().name
     written = []
     for case, paths in progress_bar(jobs, desc="predicting", unit="case"):

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from organseg.atomic import atomic_write, read_jsonl, write_text
+from organseg.config import STAGES
 from organseg.dataset import discover_dataset
 from organseg.errors import InputError
 from organseg.evaluate import EvaluationResult, label_files, run_evaluation
@@ -34,7 +35,6 @@ from organseg.progress import progress_bar
 from organseg.report_html import CaseResult, ReportCase, StageLog, case_html, case_page, index_html
 
 log = logging.getLogger(__name__)
-STAGES = ("stage1", "stage2")
 LOG_ROWS = 5  # last rows of each stage's training log shown
 BLANK_HU = -1000.0  # the background drawn under label maps when no CT is given: air, black in the window
 

@@ -23,7 +23,7 @@ import torch
 
 from organseg.atomic import write_json
 from organseg.cascade import StageInput, organ_box_from_coarse
-from organseg.config import Config, load_config, save_config
+from organseg.config import STAGES, Config, load_config, save_config
 from organseg.dataset import Case, Dataset
 from organseg.dataset_checks import check_dataset
 from organseg.device import resolve_device
@@ -34,7 +34,7 @@ from organseg.network_stage import load_stage
 from organseg.prepared import PreparedCase, prepare_cases
 from organseg.preprocess.crop import Box
 from organseg.shards import Shard
-from organseg.train import STAGES, StageRun, train_stage
+from organseg.train import StageRun, train_stage
 
 log = logging.getLogger(__name__)
 

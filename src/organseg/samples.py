@@ -28,18 +28,21 @@ def stage1_sample(case: PreparedCase, foreground: bool = False) -> tuple[torch.T
     return image, labels
 
 
+def draw_train_box(config: Config, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A training box's random margins (2, 3) and shift (3,), in mm."""
+    margins = rng.uniform(*config.crop.train_margin_mm, size=(2, 3))
+    shift = rng.uniform(-config.crop.train_shift_mm, config.crop.train_shift_mm, size=3)
+    return margins, shift
+
+
 def stage2_sample(
-    case: PreparedCase, config: Config, rng: np.random.Generator | None = None
+    case: PreparedCase, config: Config, box: tuple[np.ndarray, np.ndarray] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(image (1, G2...), labels (G2...)) of the organ region; a random box when `rng` is given."""
-    if rng is None:
-        margins = np.full((2, 3), config.crop.margin_mm)
-        shift = np.zeros(3)
-    else:
-        margins = rng.uniform(*config.crop.train_margin_mm, size=(2, 3))
-        shift = rng.uniform(-config.crop.train_shift_mm, config.crop.train_shift_mm, size=3)
-    box = grow_box(case.organ_box, case.spacing_mm, margins, shift, case.scan.shape)
-    return region_sample(case, box, config)
+    """(image (1, G2...), labels (G2...)) of the organ region: with `box`'s margins and shift
+    (`draw_train_box`), or the inference margin when None."""
+    margins, shift = box if box is not None else (np.full((2, 3), config.crop.margin_mm), np.zeros(3))
+    region = grow_box(case.organ_box, case.spacing_mm, margins, shift, case.scan.shape)
+    return region_sample(case, region, config)
 
 
 def region_sample(case: PreparedCase, box: Box, config: Config) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,8 +16,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,10 +28,10 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from organseg.atomic import append_line, atomic_write, read_jsonl
-from organseg.augment import AugmentParams, augment_drawn, mirrored_ids, strong_augment
+from organseg.batches import Batch, Sampler, epoch_batches, loader_workers
 from organseg.checkpoint import load_checkpoint, save_checkpoint
-from organseg.config import AugmentConfig, Config, StageConfig, to_dict
-from organseg.device import autocast, training_memory_format, use_bf16
+from organseg.config import STAGES, Config, StageConfig, to_dict
+from organseg.device import autocast, describe_precision, resolve_precision, training_memory_format
 from organseg.distributed import ALONE, World
 from organseg.errors import InputError
 from organseg.labels import LabelSet
@@ -39,9 +41,7 @@ from organseg.nets.unet3d import UNet3D
 from organseg.pictures import save_training_curve
 from organseg.prepared import PreparedCase
 from organseg.progress import progress_bar
-from organseg.samples import stage1_sample, stage2_sample
 
-STAGES = ("stage1", "stage2")
 log = logging.getLogger(__name__)
 
 
@@ -58,6 +58,8 @@ class StageState:
     best_metric: float = -math.inf
     best_epoch: int = -1
     replica: torch.nn.Module | None = None  # the model in DistributedDataParallel, under several processes
+    # fp16 only: the loss scale that keeps small gradients from vanishing (bf16 and fp32 need none).
+    scaler: torch.amp.GradScaler | None = None
 
 
 @dataclass(frozen=True)
@@ -78,8 +80,13 @@ class StageRun:
         return getattr(self.config, self.name)
 
     @property
-    def bf16(self) -> bool:
-        return use_bf16(self.device, self.config.precision)
+    def precision(self) -> str:
+        """The precision on this run's device: bf16, fp16 or fp32 (organseg.device.resolve_precision)."""
+        return resolve_precision(self.device, self.config.precision)
+
+    def sampler(self, cases: list[PreparedCase]) -> Sampler:
+        """This stage's samples of `cases`."""
+        return Sampler(self.name, self.config, self.label_set, self.foreground_only, cases)
 
     @property
     def foreground_only(self) -> bool:
@@ -132,19 +139,28 @@ def train_stage(run: StageRun, train_cases: list[PreparedCase], val_cases: list[
     iterations = run.stage.iterations_per_epoch or math.ceil(len(train_cases) / per_step)
     total = run.stage.epochs * iterations
     row = {"epoch": state.epoch, "best_metric": state.best_metric}
+    sampler = run.sampler(train_cases)
+    workers = loader_workers(run.config.workers, run.device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    log.info(
+        "%s: precision %s; %d loader worker(s)", run.name, describe_precision(run.device, run.config.precision), workers
+    )
     with progress_bar(total=total, initial=state.epoch * iterations, desc=run.name, unit="it") as bar:
         while state.epoch < run.stage.epochs:
             started = time.perf_counter()
-            losses = [_train_step(run, state, train_cases) for _ in _count(bar, iterations)]
+            # The epoch's draws first, in one process's order; the batches are made from them (by workers).
+            steps = [sampler.draw_step(run.stage.batch_size, state.rng, state.generator) for _ in range(iterations)]
+            batches = epoch_batches(sampler, steps, workers)
+            # Losses stay on the device until the epoch ends: reading one back would wait for its step.
+            losses = torch.stack([_train_step(run, state, batch) for batch in _count(bar, batches)])
             row = _end_epoch(run, state, losses, val_cases, started)
             bar.set_postfix(loss=f"{row['loss']:.3f}", val_dice=_format(row.get("val_dice")))
     world.assert_replicas_agree(state.model)
     return row
 
 
-def _count(bar, iterations: int):
-    for index in range(iterations):
-        yield index
+def _count(bar, items: Iterable):
+    for item in items:
+        yield item
         bar.update(1)
 
 
@@ -169,7 +185,8 @@ def _initial_state(run: StageRun) -> StageState:
     scheduler = build_scheduler(optimizer, run.stage)
     stream = stream_seed(seed, run.world.rank)
     generator = torch.Generator().manual_seed(stream)
-    return StageState(model, optimizer, scheduler, np.random.default_rng(stream), generator)
+    scaler = torch.amp.GradScaler(run.device.type) if run.precision == "fp16" else None
+    return StageState(model, optimizer, scheduler, np.random.default_rng(stream), generator, scaler=scaler)
 
 
 POLY_EXPONENT = 0.9
@@ -196,91 +213,30 @@ def stream_seed(seed: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
 
 
-def _train_step(run: StageRun, state: StageState, cases: list[PreparedCase]) -> float:
-    images, targets, weights, unannotated = [], [], [], []
-    for case in draw_batch(cases, run.stage.batch_size, run.config.ssl.labeled_fraction, state.rng):
-        image, labels = _sample(run, case, state.rng)
-        pairs = () if run.foreground_only else run.label_set.mirror_pairs()
-        settings = augment_settings(run.config, case)
-        image, labels, params = augment_drawn(image, labels, settings, state.generator, pairs)
-        images.append(image)
-        targets.append(labels)
-        weights.append(case.weight)
-        unannotated.append(_unannotated(run, case, params, pairs))
+def _train_step(run: StageRun, state: StageState, batch: Batch) -> torch.Tensor:
+    """One optimiser step on `batch`; its loss, left on the device."""
     state.model.train()
     network = state.model if state.replica is None else state.replica  # the replica averages gradients
-    with autocast(run.device, run.bf16):
-        batch = torch.stack(images).to(run.device, memory_format=training_memory_format(run.device))
-        logits = network(batch)
-    targets = torch.stack(targets).to(run.device)
-    weights = torch.tensor(weights, dtype=torch.float32)
-    unannotated = torch.stack(unannotated) if any(row.any() for row in unannotated) else None
-    loss = deep_supervision_loss(logits, targets, weights, run.config.class_balance, unannotated)
+    with autocast(run.device, run.precision):
+        images = batch.images.to(run.device, memory_format=training_memory_format(run.device))
+        logits = network(images)
+    targets = batch.targets.to(run.device)
+    loss = deep_supervision_loss(logits, targets, batch.weights, run.config.class_balance, batch.unannotated)
     state.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    state.optimizer.step()
-    return float(loss.detach())
-
-
-def _unannotated(run: StageRun, case: PreparedCase, params: AugmentParams, pairs) -> torch.Tensor:
-    """(C,) bool: the classes a sample's labels do not annotate (see organseg.losses), after its mirroring."""
-    row = torch.zeros(run.num_classes, dtype=torch.bool)
-    if case.annotated is None:
-        return row
-    if run.foreground_only:  # "organ" is unknown wherever an unannotated organ may lie
-        row[1] = set(run.label_set.ids) != set(case.annotated)
-        return row
-    missing = tuple(sorted(set(run.label_set.ids) - set(case.annotated)))
-    row[list(mirrored_ids(missing, params, pairs))] = True
-    return row
-
-
-def augment_settings(config: Config, case: PreparedCase) -> AugmentConfig:
-    """A sample's augmentation: strong for pseudo-labeled cases when `ssl.strong_augment`, else `augment`."""
-    if case.pseudo and config.ssl.strong_augment:
-        return strong_augment(config.augment)
-    return config.augment
-
-
-def draw_batch(
-    cases: list[PreparedCase], batch_size: int, labeled_fraction: float, rng: np.random.Generator
-) -> list[PreparedCase]:
-    """The cases of one mini-batch.
-
-    Cases fully labeled by a person form one pool; pseudo-labeled and partially labeled
-    cases the other. Without the second (or with `labeled_fraction` 0), uniformly from all.
-    With it, floor(f * B) samples come from the fully labeled cases and one more with
-    probability frac(f * B), so on average exactly a share f of the samples is fully
-    labeled at any batch size, however many other cases there are (the paper's batches of
-    4 drew uniformly, and its pseudo-labels crowded the labeled cases out; partial labels
-    would crowd them out the same way).
-    """
-    labeled = [case for case in cases if not case.pseudo and case.annotated is None]
-    pseudo = [case for case in cases if case.pseudo or case.annotated is not None]
-    if not pseudo or not labeled or labeled_fraction == 0:
-        chosen = rng.choice(len(cases), size=batch_size, replace=len(cases) < batch_size)
-        return [cases[int(index)] for index in chosen]
-    expected = labeled_fraction * batch_size
-    count = int(expected) + int(rng.random() < expected - int(expected))
-    return _pick(labeled, count, rng) + _pick(pseudo, batch_size - count, rng)
-
-
-def _pick(cases: list[PreparedCase], count: int, rng: np.random.Generator) -> list[PreparedCase]:
-    chosen = rng.choice(len(cases), size=count, replace=len(cases) < count)
-    return [cases[int(index)] for index in chosen]
-
-
-def _sample(run: StageRun, case: PreparedCase, rng: np.random.Generator | None):
-    """A training (rng given) or validation (rng None) sample of the stage."""
-    if run.name == "stage1":
-        return stage1_sample(case, run.foreground_only)
-    return stage2_sample(case, run.config, rng)
+    if state.scaler is None:
+        loss.backward()
+        state.optimizer.step()
+    else:
+        state.scaler.scale(loss).backward()
+        state.scaler.step(state.optimizer)  # skipped when a gradient overflowed; the scale then falls
+        state.scaler.update()
+    return loss.detach()
 
 
 def _end_epoch(run: StageRun, state: StageState, losses: list[float], val_cases: list[PreparedCase], started) -> dict:
     """Step the schedule, validate when due, write checkpoints and the log; returns the log row (rank 0's)."""
     state.epoch += 1
-    loss = run.world.mean(float(np.mean(losses)))
+    loss = run.world.mean(float(losses.float().mean()))
     row = {"epoch": state.epoch, "loss": loss, "lr": state.optimizer.param_groups[0]["lr"]}
     state.scheduler.step()
     streams = run.world.gather(_random_state(state))  # every process's, for an exact resume
@@ -317,9 +273,10 @@ def validate(run: StageRun, model: UNet3D, cases: list[PreparedCase]) -> dict:
     """Mean Dice on the stage's own grid over the organs present in each validation case."""
     model.eval()
     per_organ: dict[int, list[float]] = {label: [] for label in run.label_ids}
+    sampler = run.sampler(cases)
     for case in cases:
-        image, labels = _sample(run, case, None)
-        with autocast(run.device, run.bf16):
+        image, labels = sampler.sample(case)
+        with autocast(run.device, run.precision):
             logits = model(image[None].to(run.device))
         prediction = logits[0].float().argmax(0).cpu().numpy()
         truth = labels.numpy()
@@ -347,6 +304,8 @@ def _content(run: StageRun, state: StageState, streams: list[dict]) -> dict:
         "label_codes": run.label_set.codes_to_json(),
         "unlearnt": list(run.unlearnt),
     }
+    if state.scaler is not None:
+        content["scaler"] = state.scaler.state_dict()
     if len(streams) > 1:
         content["rng_ranks"] = streams
     return content
@@ -361,6 +320,8 @@ def _restore(run: StageRun, state: StageState, content: dict) -> None:
     state.model.load_state_dict(content["model"])
     state.optimizer.load_state_dict(content["optimizer"])
     state.scheduler.load_state_dict(content["scheduler"])
+    if state.scaler is not None and "scaler" in content:
+        state.scaler.load_state_dict(content["scaler"])
     streams = content.get("rng_ranks") or [content["rng"]]
     if run.world.rank < len(streams):
         state.rng.bit_generator.state = streams[run.world.rank]["numpy"]

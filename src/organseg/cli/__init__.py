@@ -23,6 +23,17 @@ from organseg.progress import ROOT_LOGGER
 
 EXIT_INPUT_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
+# The extra (pyproject.toml) that installs each optional package a command may need.
+EXTRA_OF_PACKAGE = {
+    "torch": "train",
+    "onnx": "train",
+    "onnxscript": "train",
+    "onnxruntime": "runtime",
+    "pydicom": "dicom",
+    "highdicom": "dicom",
+    "skimage": "dicom",
+    "matplotlib": "report",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +50,15 @@ def main(argv: list[str] | None = None) -> int:
             args.handler(args)
     except InputError as error:
         return _fail(args, str(error), EXIT_INPUT_ERROR)
+    except ModuleNotFoundError as error:
+        package = (error.name or "").split(".")[0]
+        if package not in EXTRA_OF_PACKAGE:
+            return _fail(args, f"internal error: {error} (rerun with --debug for the traceback)", EXIT_INTERNAL_ERROR)
+        extra = EXTRA_OF_PACKAGE[package]
+        message = (
+            f'organseg {args.command} needs {package}, which is not installed here: pip install "organseg[{extra}]"'
+        )
+        return _fail(args, message, EXIT_INPUT_ERROR)
     except OSError as error:
         return _fail(args, _describe_os_error(error), EXIT_INPUT_ERROR)
     except KeyboardInterrupt:

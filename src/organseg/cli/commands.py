@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import sys
@@ -90,10 +91,13 @@ def _worker(args: argparse.Namespace):
 
 def run_predict(args: argparse.Namespace) -> None:
     from organseg.dicom.outputs import parse_output_types
+    from organseg.export_folder import is_export
     from organseg.predict import profile_paths, run_prediction
 
     output_types = parse_output_types(args.output_type)
     shard, device = _worker(args)
+    if is_export(args.run_dir):
+        device = args.device  # an exported model runs on the CPU, whatever GPU torchrun gives a process
     written = run_prediction(args.run_dir, args.input, args.output, device, args.profile, shard, output_types)
     where = "" if shard.is_whole else f" (shard {shard})"
     print(f"wrote {len(written)} file(s) to {args.output}{where}")
@@ -103,14 +107,8 @@ def run_predict(args: argparse.Namespace) -> None:
 
 
 def run_export(args: argparse.Namespace) -> None:
-    try:
-        from organseg.export import export_run
-    except ImportError as error:
-        if error.name != "torch":
-            raise
-        raise InputError(
-            f'organseg export needs {error.name}, not installed here: pip install "organseg[train]"'
-        ) from None
+    from organseg.export import export_run
+
     out = export_run(args.run_dir, args.out)
     print(f"exported {args.run_dir} to {out}; predict with: organseg predict {out} INPUT OUTPUT")
 
@@ -161,9 +159,16 @@ def _label_set(args: argparse.Namespace):
     return read_dataset_labels(args.dataset_json) if args.dataset_json else None
 
 
+def _require(package: str) -> None:
+    """Fail now, not after hours of work, when an optional package the command ends with is missing."""
+    if importlib.util.find_spec(package) is None:
+        raise ModuleNotFoundError(f"No module named {package!r}", name=package)
+
+
 def run_evaluate(args: argparse.Namespace) -> None:
     from organseg.evaluate import run_evaluation
 
+    _require("matplotlib")  # the box plot, drawn after every case is scored
     _check_workers(args)
     out = args.out or args.pred_dir / "evaluation"
     rule = "flare" if args.flare_z_rule else "inclusive"
@@ -177,6 +182,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
 def run_report(args: argparse.Namespace) -> None:
     from organseg.report import run_report as write_report
 
+    _require("matplotlib")
     _check_workers(args)
     out = args.out or args.pred_dir / "report"
     index = write_report(args.pred_dir, out, args.images, args.gt, args.run, _label_set(args), args.workers)

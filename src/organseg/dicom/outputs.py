@@ -84,6 +84,7 @@ def _dicom_writers() -> dict:
         from organseg.dicom.seg import write_seg
     except ImportError as error:
         raise InputError(
-            f'DICOM outputs need {error.name}, which is not installed here: pip install "organseg[dicom]"'
+            f"DICOM outputs need pydicom, highdicom, scikit-image and matplotlib ({error.name} is not installed "
+            'here): pip install "organseg[dicom]"'
         ) from None
     return {"dicom-seg": write_seg, "rtstruct": write_rtstruct}

@@ -31,7 +31,7 @@ from collections.abc import Callable
 import numpy as np
 
 Shape3 = tuple[int, int, int]
-SLAB_VOXELS = 1 << 20  # input voxels made float at a time
+SLAB_VOXELS = 1 << 20  # input voxels of each channel made float at a time
 
 
 def axis_weights(size_in: int, size_out: int, shrink: str = "area") -> np.ndarray:
