@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_cpu_inference import full_size_cases
+from bench_cpu_inference import _spread, full_size_cases
 
 from organseg.checkpoint import save_checkpoint
 from organseg.config import resolve_config, to_dict
@@ -218,15 +218,6 @@ def paper_preset(folder: Path, image_path: Path) -> dict:
         del segmenter
     parameters = json.loads((exported / "model.json").read_text())["stages"]["stage2"]["parameters"]
     return {"parameters_per_stage": parameters, "export_s": export_s, "seconds_per_ct": seconds}
-
-
-def _spread(values: list[float]) -> dict:
-    values = np.asarray(values)
-    return {
-        "median": round(float(np.median(values)), 3),
-        "min": round(float(values.min()), 3),
-        "max": round(float(values.max()), 3),
-    }
 
 
 def print_tables(results: dict) -> None:

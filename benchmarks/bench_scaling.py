@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 from organseg.config import resolve_config
+from organseg.cores import available_cores
 from organseg.phantom import write_dataset
 
 
@@ -44,7 +45,7 @@ def main() -> None:
     if not (data / "dataset.json").is_file():
         write_dataset(data, labeled=args.labeled, unlabeled=0, test=0, seed=0)
     batch = resolve_config("cpu").stage2.batch_size
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = available_cores()
     lines = ["| processes | threads per process | samples/s | speed-up |", "|---|---|---|---|"]
     baseline = None
     for processes in args.processes:

@@ -51,3 +51,24 @@ def make_volume(
         radius = rng.uniform(0.12, 0.25) * min(shape)
         array[np.linalg.norm(grid - centre, axis=-1) < radius] = label
     return Volume(array, geometry)
+
+
+REAL_INPUTS = ("ts_abdomen/image.nii.gz", "ts_upper_abdomen_bad_origin/image.nii.gz", "dcmqi_3slice/dicom")
+
+
+def predict_real_inputs(model_dir: Path, real_data: Path, out_dir: Path) -> list[tuple[Volume, Volume]]:
+    """`organseg predict MODEL_DIR` on each real CT (two NIfTI headers, one DICOM series); asserts that
+    each label map lies on exactly its input's grid. Returns (image, label map) pairs."""
+    from organseg.cli import main
+    from organseg.io import read_image, read_label
+
+    pairs = []
+    for source in REAL_INPUTS:
+        image = read_image(real_data / source)
+        out = out_dir / (source.replace("/", "_") + ".nii.gz")
+        assert main(["predict", str(model_dir), str(real_data / source), str(out)]) == 0
+        written = read_label(out)
+        assert written.array.shape == image.array.shape
+        assert written.geometry.is_close(image.geometry, tolerance_mm=1e-5, tolerance_cos=1e-6)
+        pairs.append((image, written))
+    return pairs

@@ -76,7 +76,7 @@ def test_a_run_trained_with_workers_ends_where_one_without_does(data: Path, tmp_
 
 
 def test_auto_workers_follow_the_device_and_the_cores_a_process_owns(monkeypatch) -> None:
-    monkeypatch.setattr(batches_module.os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
+    monkeypatch.setattr(batches_module, "available_cores", lambda: 32)
     assert loader_workers(-1, torch.device("cpu")) == 0  # the network's threads use the CPU's cores
     assert loader_workers(-1, torch.device("cuda", 0)) == batches_module.MAX_AUTO_WORKERS
     assert loader_workers(-1, torch.device("cuda", 0), processes_per_node=8) == 3  # 4 cores each, one trains

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import pytest
 
+from conftest import predict_real_inputs
 from organseg import __version__
 from organseg.cascade import StageInput
 from organseg.cli import main
@@ -185,6 +186,7 @@ def test_missing_packages_are_named_with_the_install_command(exported, run, data
         ("pydicom", ["predict", exported, series, tmp_path / "e.nii.gz", "--output-type", "rtstruct"], "[dicom]"),
         ("torch", ["train", data, tmp_path / "f", "--preset", "tiny"], "organseg[train]"),
         ("matplotlib", ["evaluate", data / "labelsTr", data / "labelsTr", "--out", tmp_path / "g"], "organseg[report]"),
+        ("pydicom", ["phantom", tmp_path / "h", "--labeled", "1", "--dicom", "--shape", "16", "16", "16"], "[dicom]"),
     ]
     for blocked, arguments, hint in cases:
         done = _organseg_without(blocked, *arguments)
@@ -255,3 +257,9 @@ def test_export_refuses_a_non_run_an_existing_folder_and_a_mismatch(run: Path, t
     assert main(["export", str(run), str(tmp_path / "c")]) == 2
     assert "differ from PyTorch's" in _one_error_line(capsys)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["b"]  # nothing left behind
+
+
+def test_labels_from_an_export_lie_on_the_exact_grid_of_every_real_input(exported, real_data, tmp_path) -> None:
+    by_onnx = segmenter_from_export(exported)
+    for image, written in predict_real_inputs(exported, real_data, tmp_path):
+        assert np.array_equal(written.array, by_onnx.predict(image).array)

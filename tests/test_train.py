@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import predict_real_inputs
 from organseg import train as train_module
 from organseg.cli import main
 from organseg.config import resolve_config
 from organseg.dataset import discover_dataset
 from organseg.errors import InputError
-from organseg.io import read_image, read_label
+from organseg.io import read_image
 from organseg.open_model import open_segmenter
 from organseg.phantom import write_dataset
 from organseg.runs import run_training
@@ -63,13 +64,7 @@ def test_prediction_is_on_the_exact_grid_of_every_real_input(
     trained_run: Path, real_data: Path, tmp_path: Path
 ) -> None:
     segmenter = open_segmenter(trained_run, device="cpu")
-    for source in ("ts_abdomen/image.nii.gz", "ts_upper_abdomen_bad_origin/image.nii.gz", "dcmqi_3slice/dicom"):
-        image = read_image(real_data / source)
-        out = tmp_path / (source.replace("/", "_") + ".nii.gz")
-        assert main(["predict", str(trained_run), str(real_data / source), str(out)]) == 0
-        written = read_label(out)
-        assert written.array.shape == image.array.shape
-        assert written.geometry.is_close(image.geometry, tolerance_mm=1e-5, tolerance_cos=1e-6)
+    for image, written in predict_real_inputs(trained_run, real_data, tmp_path):
         assert np.array_equal(written.array, segmenter.predict(image).array)
 
 

@@ -1,5 +1,5 @@
-"""Files written safely: atomically (complete under the final name, or not at all) or, for
-logs, one flushed line at a time whose readers skip a line torn by a kill."""
+"""Files and folders written safely: atomically (complete under the final name, or not at
+all) or, for logs, one flushed line at a time whose readers skip a line torn by a kill."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -42,8 +44,31 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
             temporary.unlink()
 
 
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; rename it to `path` if the block succeeds.
+
+    Named like `atomic_write`'s files, so `sweep_partials` finds what a killed process left.
+    An empty folder already at `path` is replaced; the temporary folder is removed when the
+    block raises. Its permissions are those of any new folder (mkdtemp's are private).
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)
+    try:
+        yield staging
+        if final.is_dir() and not any(final.iterdir()):
+            final.rmdir()
+        staging.rename(final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def sweep_partials(folder: str | os.PathLike, stems: Iterable[str] | None = None) -> int:
-    """Delete the temporary files a killed process left in `folder`; returns how many.
+    """Delete the temporary files and folders a killed process left in `folder`; returns how many.
 
     With `stems`, only the temporary files of those final names (e.g. the cases one worker
     owns), so that other workers writing into the same folder keep theirs.
@@ -54,7 +79,10 @@ def sweep_partials(folder: str | os.PathLike, stems: Iterable[str] | None = None
         if prefixes is not None and not leftover.name.startswith(prefixes):
             continue
         with contextlib.suppress(FileNotFoundError):
-            leftover.unlink()
+            if leftover.is_dir():
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink()
             count += 1
     return count
 

@@ -14,7 +14,6 @@ in the training process itself. Either way the batches are the same.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -24,6 +23,7 @@ import torch
 
 from organseg.augment import AugmentParams, apply_params, draw_params, mirrored_ids, strong_augment
 from organseg.config import AugmentConfig, Config
+from organseg.cores import available_cores
 from organseg.labels import LabelSet
 from organseg.prepared import PreparedCase
 from organseg.samples import draw_train_box, stage1_sample, stage2_sample
@@ -145,8 +145,7 @@ def loader_workers(setting: int, device: torch.device, processes_per_node: int =
         return setting
     if device.type == "cpu":
         return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(MAX_AUTO_WORKERS, cores // max(1, processes_per_node) - 1))
+    return max(0, min(MAX_AUTO_WORKERS, available_cores() // max(1, processes_per_node) - 1))
 
 
 def augment_settings(config: Config, case: PreparedCase) -> AugmentConfig:

@@ -12,11 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import importlib.util
 import logging
-import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +21,7 @@ import numpy as np
 import torch
 
 from organseg import __version__
-from organseg.atomic import write_json
+from organseg.atomic import atomic_folder, write_json
 from organseg.cascade import StageInput
 from organseg.config import STAGES
 from organseg.errors import InputError
@@ -48,35 +44,13 @@ AGREEMENT_TOLERANCE = 1e-3
 def export_run(run_dir: Path, out: Path) -> Path:
     """Write the exported model of `run_dir` to the new folder `out`; returns `out`."""
     run_dir, out = Path(run_dir), Path(out)
-    missing = [name for name in EXPORT_PACKAGES if not _installed(name)]
-    if missing:
-        raise InputError(
-            f'organseg export needs {", ".join(missing)}, not installed here: pip install "organseg[train]"'
-        )
     if not is_run(run_dir):
         raise InputError(f"{run_dir}: no trained model (stage1/best.pt and stage2/best.pt); run organseg train first")
     if out.exists():
         raise InputError(f"{out}: already exists; give a new folder for the exported model")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Not atomic.py's ".partial-" names: those are files, which its sweep removes.
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.exporting-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # a folder like any other, not mkdtemp's private one
-    try:
-        manifest = _export_stages(run_dir, staging)
-        write_json(staging / MANIFEST, manifest)
-        staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with atomic_folder(out) as staging:
+        write_json(staging / MANIFEST, _export_stages(run_dir, staging))
     return out
-
-
-def _installed(package: str) -> bool:
-    try:
-        return importlib.util.find_spec(package) is not None
-    except ImportError:  # a package that is there but cannot be imported
-        return False
 
 
 def _export_stages(run_dir: Path, folder: Path) -> dict:

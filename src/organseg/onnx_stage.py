@@ -7,13 +7,13 @@ calls differ. Installed with `pip install "organseg[runtime]"`, which leaves tor
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from organseg.cascade import Segmenter, StageInput
 from organseg.config import STAGES, Config, from_dict
+from organseg.cores import available_cores
 from organseg.errors import InputError
 from organseg.export_folder import MANIFEST, read_manifest
 from organseg.labels import LabelSet
@@ -25,7 +25,7 @@ class OnnxPredictor:
     def __init__(self, path: Path, entry: dict, threads: int | None = None):
         runtime = _onnxruntime()
         options = runtime.SessionOptions()
-        options.intra_op_num_threads = threads or _available_cores()
+        options.intra_op_num_threads = threads or available_cores()
         options.inter_op_num_threads = 1
         options.graph_optimization_level = runtime.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = runtime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -77,11 +77,3 @@ def _onnxruntime():
             'pip install "organseg[runtime]"'
         ) from None
     return onnxruntime
-
-
-def _available_cores() -> int:
-    """The cores this process may run on (a container's or taskset's share, not the machine's)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1

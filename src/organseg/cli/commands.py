@@ -107,8 +107,10 @@ def run_predict(args: argparse.Namespace) -> None:
 
 
 def run_export(args: argparse.Namespace) -> None:
-    from organseg.export import export_run
+    from organseg.export import EXPORT_PACKAGES, export_run
 
+    for package in EXPORT_PACKAGES:  # imported deep inside torch.onnx: check before any work
+        _require(package)
     out = export_run(args.run_dir, args.out)
     print(f"exported {args.run_dir} to {out}; predict with: organseg predict {out} INPUT OUTPUT")
 
@@ -160,7 +162,8 @@ def _label_set(args: argparse.Namespace):
 
 
 def _require(package: str) -> None:
-    """Fail now, not after hours of work, when an optional package the command ends with is missing."""
+    """Fail now, not after the work, when an optional package the command needs later is missing
+    (main turns the error into one line naming the extra that installs it)."""
     if importlib.util.find_spec(package) is None:
         raise ModuleNotFoundError(f"No module named {package!r}", name=package)
 

@@ -7,8 +7,6 @@ UIDs derive from `uid_seed`, so the same volume and seed give the same files.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, gene
 from pydicom.valuerep import format_number_as_ds
 
 from organseg import __version__
+from organseg.atomic import atomic_folder
 from organseg.io import Volume
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -35,9 +34,7 @@ def write_ct_series(volume: Volume, folder: Path, uid_seed: str, patient_id: str
     if np.linalg.det(geometry.direction_matrix) < 0:
         raise ValueError("slices must run along the normal of their rows and columns; flip the slice axis first")
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as staging:
         common = _series_header(volume, uid_seed, patient_id)
         pixels = np.clip(np.rint(volume.array), *HU_RANGE).astype(np.int16)
         count = geometry.shape[2]
@@ -47,10 +44,6 @@ def write_ct_series(volume: Volume, folder: Path, uid_seed: str, patient_id: str
                 common, pixels[:, :, k], geometry.index_to_world(np.array([0.0, 0.0, k])), number, uid_seed
             )
             dataset.save_as(staging / f"{number:04d}.dcm", enforce_file_format=True)
-        staging.rename(folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return folder
 
 

@@ -77,14 +77,9 @@ def _dicom_writers() -> dict:
 
     pydicom, highdicom and scikit-image are imported only when a DICOM output is asked
     for: they add ~0.5 s to a process start, most predictions are NIfTI only, and the slim
-    runtime (organseg[runtime]) may leave them out.
+    runtime (organseg[runtime]) may leave them out: the command line then names the extra.
     """
-    try:
-        from organseg.dicom.rtstruct import write_rtstruct
-        from organseg.dicom.seg import write_seg
-    except ImportError as error:
-        raise InputError(
-            f"DICOM outputs need pydicom, highdicom, scikit-image and matplotlib ({error.name} is not installed "
-            'here): pip install "organseg[dicom]"'
-        ) from None
+    from organseg.dicom.rtstruct import write_rtstruct
+    from organseg.dicom.seg import write_seg
+
     return {"dicom-seg": write_seg, "rtstruct": write_rtstruct}

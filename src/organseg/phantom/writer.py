@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from organseg.atomic import write_json
+from organseg.atomic import atomic_folder, write_json
 from organseg.errors import InputError
 from organseg.io import Volume, write_label, write_volume
 from organseg.labels import FLARE22
@@ -69,27 +66,17 @@ def write_dataset(
         raise InputError(f"{out}: already exists and is not empty; choose a new folder or empty this one")
     if dicom is not None and dicom not in (*ORIENTATIONS, "mixed"):
         raise InputError(f"unknown DICOM orientation {dicom!r}; choose one of {', '.join(ORIENTATIONS)} or mixed")
-    if dicom is not None and importlib.util.find_spec("pydicom") is None:
-        raise InputError(
-            'phantom DICOM series need pydicom, which is not installed here: pip install "organseg[dicom]"'
-        )
     if seed < 0 or min(counts.values()) < 0:
         raise InputError(f"seed and case counts must be >= 0, got seed {seed}, counts {counts}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with atomic_folder(out) as staging:
         _write_cases(staging, counts, seed, shape, dicom)
         _write_dataset_json(staging, counts, seed)
-        if out.exists():
-            out.rmdir()
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 
 def _write_cases(root: Path, counts: dict[str, int], seed: int, shape, dicom: str | None) -> None:
+    if dicom:
+        from organseg.dicom.ct_series import write_ct_series  # pydicom: only for DICOM phantoms
     jobs = [(split, index) for split, count in counts.items() for index in range(1, count + 1)]
     for split, count in counts.items():
         for folder in SPLITS[split][:2]:
@@ -106,8 +93,6 @@ def _write_cases(root: Path, counts: dict[str, int], seed: int, shape, dicom: st
             orientation = ORIENTATIONS[(index - 1) % len(ORIENTATIONS)] if dicom == "mixed" else dicom
             image, label_map = orient(image, orientation), orient(label_map, orientation)
             uid_seed = f"organseg phantom {seed} {split} {index}"
-            from organseg.dicom.ct_series import write_ct_series  # pydicom only for DICOM phantoms
-
             write_ct_series(image, root / images / name, uid_seed, name, reverse_files=orientation == "axial-reversed")
         else:
             write_volume(image, root / images / f"{name}_0000.nii.gz")
