@@ -45,7 +45,7 @@ from organseg.labels import FLARE22
 from organseg.metrics import dice_per_class
 from organseg.network_stage import segmenter_from_run
 from organseg.onnx_stage import segmenter_from_export
-from organseg.train import build_model
+from organseg.stage_state import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 GNU_TIME = "/usr/bin/time"  # Debian package time

@@ -22,7 +22,7 @@ from organseg.config import resolve_config
 from organseg.device import autocast
 from organseg.labels import FLARE22
 from organseg.losses import deep_supervision_loss
-from organseg.train import build_model
+from organseg.stage_state import build_model
 
 LAYOUTS = {"default": torch.contiguous_format, "channels-last": torch.channels_last_3d}
 

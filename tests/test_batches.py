@@ -15,7 +15,7 @@ import torch
 
 from organseg import batches as batches_module
 from organseg.batches import Sampler, epoch_batches, loader_workers
-from organseg.config import resolve_config
+from organseg.config import PAPER_WIDTHS, resolve_config
 from organseg.dataset import discover_dataset
 from organseg.errors import InputError
 from organseg.labels import FLARE22
@@ -83,3 +83,19 @@ def test_auto_workers_follow_the_device_and_the_cores_a_process_owns(monkeypatch
     assert loader_workers(3, torch.device("cpu")) == 3
     with pytest.raises(InputError, match="workers must be -1"):
         resolve_config("tiny", overrides=["workers=-2"])
+
+
+def test_the_paper_preset_trains_a_few_steps_per_stage_with_workers(data: Path, tmp_path: Path) -> None:
+    """The paper's networks (41M parameters each), batch, schedule and augmentation, on a 64x32x32 grid.
+
+    The grid is the one change, from 160^3, so that the steps take seconds on 2 cores.
+    """
+    small = ["grid=[64, 32, 32]", "epochs=1", "iterations_per_epoch=2", "micro_batches=2"]
+    overrides = [f"{stage}.{setting}" for stage in ("stage1", "stage2") for setting in small]
+    config = resolve_config("paper", overrides=[*overrides, "validation_cases=1", "workers=2"])
+    rows = run_training(discover_dataset(data), tmp_path / "run", config)
+    for stage in ("stage1", "stage2"):
+        checkpoint = torch.load(tmp_path / "run" / stage / "last.pt", weights_only=True)
+        assert tuple(checkpoint["net"]["widths"]) == PAPER_WIDTHS
+        assert (checkpoint["epoch"], checkpoint["config"][stage]["batch_size"]) == (1, 4)
+        assert np.isfinite(rows[stage]["loss"])

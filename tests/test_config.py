@@ -11,7 +11,7 @@ import torch
 from organseg.config import DEFAULT_PRESET, PRESETS, Config, from_dict, resolve_config, save_config, to_dict
 from organseg.errors import InputError
 from organseg.nets.unet3d import count_parameters
-from organseg.train import build_model
+from organseg.stage_state import build_model
 
 
 def test_default_preset_is_cpu_and_paper_matches_the_paper() -> None:

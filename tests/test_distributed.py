@@ -26,7 +26,7 @@ from organseg.phantom import write_dataset
 from organseg.predict import run_prediction
 from organseg.pseudolabel import read_scores, run_pseudo_labeling, scores_files
 from organseg.shards import WHOLE, Shard, worker_shard
-from organseg.train import stream_seed
+from organseg.stage_state import stream_seed
 
 SHAPE = (48, 48, 24)
 UNLABELED = [f"phantom_u{i:03d}" for i in range(1, 6)]

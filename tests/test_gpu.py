@@ -27,7 +27,7 @@ from organseg.network_stage import NetworkPredictor
 from organseg.open_model import open_segmenter
 from organseg.phantom import write_dataset
 from organseg.runs import run_training
-from organseg.train import build_model
+from organseg.stage_state import build_model
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

@@ -24,7 +24,8 @@ from organseg.phantom import write_dataset
 from organseg.pseudolabel import unsure_voxels
 from organseg.runs import TrainingInputs, run_training
 from organseg.selftraining import choose_shipped
-from organseg.train import build_model, warm_start
+from organseg.stage_state import build_model
+from organseg.train import warm_start
 
 SHAPE = (48, 48, 24)
 TINY = ["stage1.epochs=2", "stage2.epochs=2"]

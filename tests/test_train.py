@@ -116,8 +116,8 @@ def test_resumed_training_ends_where_an_uninterrupted_one_does(
 
     real_end_epoch = train_module._end_epoch
 
-    def stop_after_first_epoch(run, state, *args):
-        row = real_end_epoch(run, state, *args)
+    def stop_after_first_epoch(run, state, *args, **kwargs):
+        row = real_end_epoch(run, state, *args, **kwargs)
         if state.epoch == 1:
             raise KeyboardInterrupt
         return row

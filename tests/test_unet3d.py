@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from organseg.config import PAPER_WIDTHS
 from organseg.losses import dice_ce_loss
 from organseg.metrics import dice_per_class
-from organseg.nets.unet3d import UNet3D, count_flops, count_parameters
+from organseg.nets.unet3d import UNet3D, count_flops, count_parameters, count_saved_for_backward
 
 
 @pytest.mark.parametrize(
@@ -192,3 +192,20 @@ def test_bf16_autocast_forward_agrees_with_float32() -> None:
     assert low_precision.dtype == torch.bfloat16
     error = (low_precision.float() - reference).abs().max() / reference.std()
     assert error < 0.15
+
+
+@pytest.mark.parametrize("deep_supervision", [False, True])
+def test_recomputing_the_top_level_keeps_less_and_gives_the_same_gradients(deep_supervision: bool) -> None:
+    torch.manual_seed(0)
+    net = UNet3D(1, 4, widths=(8, 16, 32), deep_supervision=deep_supervision)
+    image = torch.randn(2, 1, 32, 32, 16)
+    saved, gradients = {}, {}
+    for recompute in (False, True):
+        net.recompute_top_level = recompute
+        net.zero_grad()
+        saved[recompute] = count_saved_for_backward(net, image)
+        outputs = net(image)
+        sum(output.square().mean() for output in (outputs if deep_supervision else (outputs,))).backward()
+        gradients[recompute] = [parameter.grad.clone() for parameter in net.parameters()]
+    assert saved[True] < 0.6 * saved[False]
+    assert all(torch.equal(a, b) for a, b in zip(gradients[False], gradients[True], strict=True))

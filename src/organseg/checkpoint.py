@@ -8,6 +8,7 @@ crafted file cannot run code; it is refused with a clear message instead.
 from __future__ import annotations
 
 import pickle
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -39,3 +40,54 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
     if not isinstance(content, dict) or content.get("format") != FORMAT:
         raise InputError(f"{path}: not an organseg checkpoint")
     return content
+
+
+class CheckpointWriter:
+    """Writes checkpoints in a background thread, so training goes on while a file is written.
+
+    `write` first copies the tensors to host memory (a snapshot that later steps do not
+    change), then hands the file writes to one thread, in order. Only one write is ever
+    pending: the next `write` waits for it, and so does leaving the `with` block, which
+    also raises a failed write's error (a full disk) instead of losing it.
+    """
+
+    def __init__(self) -> None:
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        self._pending: Future | None = None
+
+    def write(self, content: dict, *paths: Path) -> None:
+        """Write `content` to each of `paths` (atomically, see `save_checkpoint`) after the previous write."""
+        self.wait()
+        snapshot = _on_host(content)
+        self._pending = self._thread.submit(_write_each, snapshot, paths)
+
+    def wait(self) -> None:
+        """Block until the pending write is complete; raise its error if it failed."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def __enter__(self) -> CheckpointWriter:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            self.wait()
+        finally:
+            self._thread.shutdown()
+
+
+def _write_each(content: dict, paths: tuple[Path, ...]) -> None:
+    for path in paths:
+        save_checkpoint(path, content)
+
+
+def _on_host(value):
+    """`value` with every tensor copied to the CPU (nested dicts, lists and tuples)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: _on_host(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_on_host(item) for item in value)
+    return value

@@ -56,6 +56,14 @@ class StageConfig:
     epochs: int = 330
     iterations_per_epoch: int = 0  # 0: one pass over the training cases per epoch
     batch_size: int = 2  # on 2 CPU cores, per sample about 2x faster than batch 1
+    # Pieces each batch is cut into, one forward and backward pass each; their gradients add
+    # up to the whole batch's, so the effective batch stays batch_size with less memory.
+    # Training raises it by itself when a step runs out of memory (organseg.train_step).
+    micro_batches: int = 1
+    # Recompute the full-resolution level's activations in the backward pass instead of
+    # keeping them: the paper preset's step keeps 43% less for the backward pass and peaks
+    # about 15% lower, for about a quarter more time (benchmarks/RESULTS.md, "Training memory").
+    activation_checkpointing: bool = False
     # A high rate: a CPU budget affords few steps.
     learning_rate: float = 1e-2
     # "halving": the learning rate halves every lr_halving_epochs epochs (the paper);
@@ -64,6 +72,9 @@ class StageConfig:
     lr_halving_epochs: int = 200  # the learning rate halves every this many epochs ("halving")
     weight_decay: float = 1e-2  # AdamW's default decoupled weight decay
     val_every: int = 15  # epochs between validations (and best-checkpoint updates)
+    # Epochs between writes of last.pt (the last epoch is always written, and a SIGUSR1 or
+    # SIGTERM writes one at the next step): a kill loses at most this many epochs.
+    checkpoint_every: int = 1
 
 
 def _stage1() -> StageConfig:
@@ -216,6 +227,11 @@ PRESETS: dict[str, dict] = {
                 "lr_schedule": "halving",
                 "lr_halving_epochs": 200,
                 "val_every": 10,
+                # A fixed epoch (nnU-Net's 250 steps) rather than one pass over the cases: the
+                # schedule, validation and checkpoints then mean the same on 1 or 8 GPUs and
+                # for 50 or 2000 cases.
+                "iterations_per_epoch": 250,
+                "checkpoint_every": 10,
             }
         ),
     },

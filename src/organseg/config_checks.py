@@ -71,10 +71,13 @@ def _stage_problems(name: str, stage: StageConfig) -> list[str]:
         problems.append(f"{name}.net.widths needs at least 2 positive widths, got {list(stage.net.widths)}")
     if stage.net.upsample not in ("transpose", "trilinear"):
         problems.append(f"{name}.net.upsample must be 'transpose' or 'trilinear'")
-    for setting in ("epochs", "batch_size", "lr_halving_epochs", "val_every", "net.blocks_per_level"):
+    settings = ("epochs", "batch_size", "lr_halving_epochs", "val_every", "checkpoint_every", "micro_batches")
+    for setting in (*settings, "net.blocks_per_level"):
         value = stage.net.blocks_per_level if setting.startswith("net.") else getattr(stage, setting)
         if value < 1:
             problems.append(f"{name}.{setting} must be >= 1, got {value}")
+    if stage.micro_batches > stage.batch_size:
+        problems.append(f"{name}.micro_batches ({stage.micro_batches}) must be <= batch_size ({stage.batch_size})")
     if stage.iterations_per_epoch < 0:
         problems.append(f"{name}.iterations_per_epoch must be >= 0, got {stage.iterations_per_epoch}")
     if stage.lr_schedule not in LR_SCHEDULES:

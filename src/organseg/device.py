@@ -35,7 +35,7 @@ def resolve_precision(device: torch.device, setting: str = "auto") -> str:
 
     "auto": bf16 where the hardware computes it natively (CUDA compute capability >= 8.0,
     or a CPU with AVX-512 BF16 or AMX); on older GPUs fp16 (training then scales its loss,
-    see organseg.train); fp32 on other CPUs, where neither half type is fast.
+    see organseg.train_step); fp32 on other CPUs, where neither half type is fast.
     """
     if setting != "auto":
         return setting

@@ -133,6 +133,14 @@ class World:
         dist.all_reduce(total)
         return float(total.item()) / self.world_size
 
+    def agree(self, value: int) -> int:
+        """The largest `value` over the processes, exchanged on the CPU: it waits for no GPU work."""
+        if not self.is_distributed:
+            return value
+        largest = torch.tensor([value], dtype=torch.int64)
+        dist.all_reduce(largest, op=dist.ReduceOp.MAX, group=_CONTROL_GROUPS.get("cpu"))
+        return int(largest.item())
+
     def on_main(self, function: Callable[..., T], *args, **kwargs) -> T:
         """`function(*args, **kwargs)` run by rank 0 alone; every process returns its result or raises its error."""
         if not self.is_distributed:
@@ -172,6 +180,8 @@ class World:
 
 
 ALONE = World()  # one process: the default everywhere a World is taken
+# The gloo group of the running process group, for World.agree, when the default group is nccl.
+_CONTROL_GROUPS: dict[str, dist.ProcessGroup] = {}
 
 
 @dataclass(frozen=True)
@@ -192,9 +202,12 @@ def process_group(world: World, device: torch.device) -> Iterator[None]:
         torch.cuda.set_device(device)  # before nccl starts, so it binds this process's GPU
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, rank=world.rank, world_size=world.world_size, timeout=TIMEOUT)
+    if backend != "gloo":  # small host-side agreements (World.agree) must not queue behind GPU work
+        _CONTROL_GROUPS["cpu"] = dist.new_group(backend="gloo")
     try:
         yield
     finally:
+        _CONTROL_GROUPS.clear()
         dist.destroy_process_group()
 
 

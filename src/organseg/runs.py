@@ -34,7 +34,8 @@ from organseg.network_stage import load_stage
 from organseg.prepared import PreparedCase, prepare_cases
 from organseg.preprocess.crop import Box
 from organseg.shards import Shard
-from organseg.train import StageRun, train_stage
+from organseg.stage_state import StageRun
+from organseg.train import train_stage
 
 log = logging.getLogger(__name__)
 

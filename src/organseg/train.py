@@ -1,10 +1,16 @@
 """Training one stage: the loop, validation, checkpoints, logs and resuming.
 
-Each epoch ends with `last.pt` written atomically (model, optimizer, learning-rate
-schedule, epoch, random states, best metric), so a run killed at any moment resumes with
-`--resume` losing at most the epoch in progress. `best.pt` is the checkpoint with the
-highest validation Dice (or the last one when there is no validation case). One JSON line
-per epoch goes to `log.jsonl`; `curve.png` shows loss and validation Dice.
+Every `checkpoint_every` epochs (and after the last) `last.pt` is written atomically
+(model, optimizer, learning-rate schedule, epoch, random states, best metric), so a run
+killed at any moment resumes with `--resume` exactly, losing at most the epochs since.
+SIGUSR1 writes it at the next step, mid-epoch if need be; SIGTERM writes it and stops
+(organseg.stop_requests). Checkpoints are written by a background thread while training
+goes on (organseg.checkpoint.CheckpointWriter). `best.pt` is the checkpoint with the
+highest validation Dice (or the newest one when there is no validation case). One JSON
+line per epoch goes to `log.jsonl`; `curve.png` shows loss and validation Dice.
+
+Each step is one optimiser step of `batch_size` samples, in as many micro-batches as the
+memory needs (organseg.train_step).
 
 Under several processes (torchrun; see organseg.distributed for the whole scheme) the
 model is wrapped in DistributedDataParallel, every process draws its own samples, rank 0
@@ -17,7 +23,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,85 +32,22 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from organseg.atomic import append_line, atomic_write, read_jsonl
-from organseg.batches import Batch, Sampler, epoch_batches, loader_workers
-from organseg.checkpoint import load_checkpoint, save_checkpoint
-from organseg.config import STAGES, Config, StageConfig, to_dict
-from organseg.device import autocast, describe_precision, resolve_precision, training_memory_format
-from organseg.distributed import ALONE, World
-from organseg.errors import InputError
-from organseg.labels import LabelSet
-from organseg.losses import deep_supervision_loss
+from organseg.atomic import append_line, read_jsonl, write_text
+from organseg.batches import Sampler, epoch_batches, loader_workers
+from organseg.checkpoint import CheckpointWriter, load_checkpoint
+from organseg.config import to_dict
+from organseg.device import autocast, describe_precision
+from organseg.errors import InputError, Preempted
 from organseg.metrics import dice_per_class
 from organseg.nets.unet3d import UNet3D
 from organseg.pictures import save_training_curve
 from organseg.prepared import PreparedCase
 from organseg.progress import progress_bar
+from organseg.stage_state import StageRun, StageState, initial_state
+from organseg.stop_requests import NONE, STOP, StopRequests
+from organseg.train_step import fit_micro_batches, train_step
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class StageState:
-    """Everything that changes during training and must survive a restart."""
-
-    model: UNet3D
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    rng: np.random.Generator  # which cases and boxes
-    generator: torch.Generator  # augmentation
-    epoch: int = 0  # epochs completed
-    best_metric: float = -math.inf
-    best_epoch: int = -1
-    replica: torch.nn.Module | None = None  # the model in DistributedDataParallel, under several processes
-    # fp16 only: the loss scale that keeps small gradients from vanishing (bf16 and fp32 need none).
-    scaler: torch.amp.GradScaler | None = None
-
-
-@dataclass(frozen=True)
-class StageRun:
-    """What stays fixed while a stage trains."""
-
-    name: str  # "stage1" or "stage2"
-    config: Config
-    label_set: LabelSet
-    stage_dir: Path
-    device: torch.device
-    world: World = ALONE
-    init_from: Path | None = None  # a checkpoint whose weights start the network (a student's teacher)
-    unlearnt: tuple[int, ...] = ()  # label ids no training case annotates; inference merges them into background
-
-    @property
-    def stage(self) -> StageConfig:
-        return getattr(self.config, self.name)
-
-    @property
-    def precision(self) -> str:
-        """The precision on this run's device: bf16, fp16 or fp32 (organseg.device.resolve_precision)."""
-        return resolve_precision(self.device, self.config.precision)
-
-    def sampler(self, cases: list[PreparedCase]) -> Sampler:
-        """This stage's samples of `cases`."""
-        return Sampler(self.name, self.config, self.label_set, self.foreground_only, cases)
-
-    @property
-    def foreground_only(self) -> bool:
-        """Stage 1 set to segment all organs as one class."""
-        return self.name == "stage1" and self.config.stage1_target == "foreground"
-
-    @property
-    def label_ids(self) -> tuple[int, ...]:
-        """The classes this stage's network segments (besides background)."""
-        return (1,) if self.foreground_only else self.label_set.ids
-
-    @property
-    def num_classes(self) -> int:
-        return 2 if self.foreground_only else self.label_set.num_classes
-
-
-def build_model(stage: StageConfig, num_classes: int) -> UNet3D:
-    net = stage.net
-    return UNet3D(1, num_classes, net.widths, net.blocks_per_level, net.upsample, net.deep_supervision)
 
 
 def train_stage(run: StageRun, train_cases: list[PreparedCase], val_cases: list[PreparedCase], resume: bool) -> dict:
@@ -115,12 +57,15 @@ def train_stage(run: StageRun, train_cases: list[PreparedCase], val_cases: list[
     process group must be up (organseg.distributed.process_group).
     """
     run.stage_dir.mkdir(parents=True, exist_ok=True)
-    state = _initial_state(run)
+    state = initial_state(run)
     last = run.stage_dir / "last.pt"
     world = run.world
     if resume and last.is_file():
         _restore(run, state, load_checkpoint(last, run.device))
-        log.info("%s: resuming after epoch %d of %d", run.name, state.epoch, run.stage.epochs)
+        where = f"at step {state.step} of epoch {state.epoch + 1}" if state.step else f"after epoch {state.epoch}"
+        log.info("%s: resuming %s of %d", run.name, where, run.stage.epochs)
+        if world.is_main:
+            _trim_log(run.stage_dir, state.epoch)
     elif last.is_file():
         raise InputError(
             f"{run.stage_dir}: already holds a trained {run.name}; use --resume to continue or a new RUN_DIR"
@@ -129,6 +74,8 @@ def train_stage(run: StageRun, train_cases: list[PreparedCase], val_cases: list[
         warm_start(state.model, run.init_from, run.device)
         log.info("%s: starting from the weights of %s", run.name, run.init_from)
     world.barrier()  # every process has looked at last.pt before rank 0 writes the next one
+    if world.is_distributed and run.device.type == "cuda":
+        fit_micro_batches(run, state)
     if world.is_distributed:
         # Wrapped after the restore: DDP starts every replica from rank 0's weights.
         state.replica = DistributedDataParallel(
@@ -144,18 +91,62 @@ def train_stage(run: StageRun, train_cases: list[PreparedCase], val_cases: list[
     log.info(
         "%s: precision %s; %d loader worker(s)", run.name, describe_precision(run.device, run.config.precision), workers
     )
-    with progress_bar(total=total, initial=state.epoch * iterations, desc=run.name, unit="it") as bar:
+    initial = state.epoch * iterations + state.step
+    with (
+        progress_bar(total=total, initial=initial, desc=run.name, unit="it") as bar,
+        StopRequests() as requests,
+        CheckpointWriter() as writer,
+    ):
         while state.epoch < run.stage.epochs:
-            started = time.perf_counter()
-            # The epoch's draws first, in one process's order; the batches are made from them (by workers).
-            steps = [sampler.draw_step(run.stage.batch_size, state.rng, state.generator) for _ in range(iterations)]
-            batches = epoch_batches(sampler, steps, workers)
-            # Losses stay on the device until the epoch ends: reading one back would wait for its step.
-            losses = torch.stack([_train_step(run, state, batch) for batch in _count(bar, batches)])
-            row = _end_epoch(run, state, losses, val_cases, started)
+            row = _train_epoch(run, state, _Epoch(sampler, iterations, workers, val_cases, requests, writer, bar))
             bar.set_postfix(loss=f"{row['loss']:.3f}", val_dice=_format(row.get("val_dice")))
     world.assert_replicas_agree(state.model)
     return row
+
+
+@dataclass(frozen=True)
+class _Epoch:
+    """What an epoch of `train_stage` works with besides the run and its state."""
+
+    sampler: Sampler
+    iterations: int
+    workers: int
+    val_cases: list[PreparedCase]
+    requests: StopRequests
+    writer: CheckpointWriter
+    bar: object  # the progress bar
+
+
+def _train_epoch(run: StageRun, state: StageState, epoch: _Epoch) -> dict:
+    """The rest of the epoch in progress (all of it unless resumed mid-epoch); returns its log row."""
+    started = time.perf_counter()
+    state.epoch_streams = _random_state(state)
+    # The epoch's draws first, in one process's order; the batches are made from them (by
+    # workers). A resumed epoch draws them all again from its saved start and skips those done.
+    draws = [epoch.sampler.draw_step(run.stage.batch_size, state.rng, state.generator) for _ in range(epoch.iterations)]
+    request = NONE
+    for batch in _count(epoch.bar, epoch_batches(epoch.sampler, draws[state.step :], epoch.workers)):
+        # Losses stay on the device until the epoch ends: reading one back would wait for its step.
+        state.losses.append(train_step(run, state, batch))
+        state.step += 1
+        request = epoch.requests.take(run.world)
+        if request != NONE and state.step < epoch.iterations:  # the epoch's end writes its own checkpoint
+            _write_mid_epoch(run, state, epoch.writer)
+            _stop_if_asked(run, state, epoch, request)
+    row = _end_epoch(run, state, epoch.val_cases, started, epoch.writer, forced=request != NONE)
+    _stop_if_asked(run, state, epoch, request)
+    return row
+
+
+def _stop_if_asked(run: StageRun, state: StageState, epoch: _Epoch, request: int) -> None:
+    if request != STOP:
+        return
+    epoch.writer.wait()
+    run.world.barrier()  # no process ends (and makes torchrun end the others) before the checkpoint is whole
+    raise Preempted(
+        f"{run.name}: stopped on {epoch.requests.signal_name or 'request'} after {state.epoch} epoch(s) "
+        f"and {state.step} step(s) of the next, saved in {run.stage_dir / 'last.pt'}; continue with --resume"
+    )
 
 
 def _count(bar, items: Iterable):
@@ -177,93 +168,66 @@ def warm_start(model: UNet3D, checkpoint: Path, device: torch.device) -> None:
     model.load_state_dict(content["model"])
 
 
-def _initial_state(run: StageRun) -> StageState:
-    seed = run.config.seed + STAGES.index(run.name)
-    torch.manual_seed(seed)  # the network's He initialisation: the same in every process
-    model = build_model(run.stage, run.num_classes).to(run.device, memory_format=training_memory_format(run.device))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=run.stage.learning_rate, weight_decay=run.stage.weight_decay)
-    scheduler = build_scheduler(optimizer, run.stage)
-    stream = stream_seed(seed, run.world.rank)
-    generator = torch.Generator().manual_seed(stream)
-    scaler = torch.amp.GradScaler(run.device.type) if run.precision == "fp16" else None
-    return StageState(model, optimizer, scheduler, np.random.default_rng(stream), generator, scaler=scaler)
+def _end_epoch(
+    run: StageRun, state: StageState, val_cases: list[PreparedCase], started, writer: CheckpointWriter, forced: bool
+) -> dict:
+    """Step the schedule, validate when due, write checkpoints and the log; returns the log row (rank 0's).
 
-
-POLY_EXPONENT = 0.9
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, stage: StageConfig) -> torch.optim.lr_scheduler.LRScheduler:
-    """The stage's learning-rate schedule, stepped once per epoch (see StageConfig.lr_schedule)."""
-    if stage.lr_schedule == "poly":
-        # A short budget gains most from ending at a small rate: the last epochs refine
-        # instead of jumping around the minimum.
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda epoch: max(0.0, 1 - epoch / stage.epochs) ** POLY_EXPONENT
-        )
-    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=stage.lr_halving_epochs, gamma=0.5)
-
-
-def stream_seed(seed: int, rank: int) -> int:
-    """The seed of a process's random stream (samples, augmentation): `seed` itself for rank 0.
-
-    So one process draws exactly as always, and every other process its own samples.
+    `forced`: write last.pt whatever `checkpoint_every` says (a signal asked for it).
     """
-    if rank == 0:
-        return seed
-    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
-
-
-def _train_step(run: StageRun, state: StageState, batch: Batch) -> torch.Tensor:
-    """One optimiser step on `batch`; its loss, left on the device."""
-    state.model.train()
-    network = state.model if state.replica is None else state.replica  # the replica averages gradients
-    with autocast(run.device, run.precision):
-        images = batch.images.to(run.device, memory_format=training_memory_format(run.device))
-        logits = network(images)
-    targets = batch.targets.to(run.device)
-    loss = deep_supervision_loss(logits, targets, batch.weights, run.config.class_balance, batch.unannotated)
-    state.optimizer.zero_grad(set_to_none=True)
-    if state.scaler is None:
-        loss.backward()
-        state.optimizer.step()
-    else:
-        state.scaler.scale(loss).backward()
-        state.scaler.step(state.optimizer)  # skipped when a gradient overflowed; the scale then falls
-        state.scaler.update()
-    return loss.detach()
-
-
-def _end_epoch(run: StageRun, state: StageState, losses: list[float], val_cases: list[PreparedCase], started) -> dict:
-    """Step the schedule, validate when due, write checkpoints and the log; returns the log row (rank 0's)."""
     state.epoch += 1
-    loss = run.world.mean(float(losses.float().mean()))
+    loss = run.world.mean(float(torch.stack(state.losses).float().mean()))
+    state.step, state.losses = 0, []
     row = {"epoch": state.epoch, "loss": loss, "lr": state.optimizer.param_groups[0]["lr"]}
     state.scheduler.step()
     streams = run.world.gather(_random_state(state))  # every process's, for an exact resume
     if run.world.is_main:
-        _validate_and_write(run, state, row, val_cases, started, streams)
-    # After rank 0's writes: no process leaves the epoch before its checkpoint is complete.
+        write_last = forced or state.epoch % run.stage.checkpoint_every == 0 or state.epoch == run.stage.epochs
+        _validate_and_write(run, state, row, val_cases, started, _content(run, state, streams), writer, write_last)
+    # After rank 0's validation: every process logs the same row.
     return run.world.broadcast(row)
 
 
+def _write_mid_epoch(run: StageRun, state: StageState, writer: CheckpointWriter) -> None:
+    """last.pt in the middle of an epoch: the epoch's starting streams, the steps done and their losses."""
+    streams = run.world.gather(state.epoch_streams)
+    losses = run.world.gather([float(loss) for loss in state.losses])
+    if run.world.is_main:
+        content = _content(run, state, streams)
+        content.update(step=state.step, epoch_losses=losses)
+        writer.write(content, run.stage_dir / "last.pt")
+        log.info("%s: checkpoint at epoch %d step %d", run.name, state.epoch + 1, state.step)
+
+
 def _validate_and_write(
-    run: StageRun, state: StageState, row: dict, val_cases: list[PreparedCase], started, streams: list[dict]
+    run: StageRun,
+    state: StageState,
+    row: dict,
+    val_cases: list[PreparedCase],
+    started,
+    content: dict,
+    writer: CheckpointWriter,
+    write_last: bool,
 ) -> None:
-    """Rank 0's part of an epoch's end: validation when due, best.pt, the log row, last.pt, the curve."""
+    """Rank 0's part of an epoch's end: validation when due, the log row, best.pt and last.pt, the curve."""
     due = state.epoch % run.stage.val_every == 0 or state.epoch == run.stage.epochs
+    paths = []
     if due and val_cases:
         row.update(validate(run, state.model, val_cases))
         if row["val_dice"] > state.best_metric:
             state.best_metric, state.best_epoch = row["val_dice"], state.epoch
-            save_checkpoint(run.stage_dir / "best.pt", _content(run, state, streams))
+            content.update(best_metric=state.best_metric, best_epoch=state.best_epoch)
+            paths.append(run.stage_dir / "best.pt")
     row["seconds"] = round(time.perf_counter() - started, 3)
     # The log row first: a kill before the checkpoint then repeats this epoch's row on
-    # resume, instead of leaving a gap in the log.
+    # resume, which trims the log to the checkpoint's epoch (_trim_log) first.
     _append_log(run.stage_dir, row)
-    save_checkpoint(run.stage_dir / "last.pt", _content(run, state, streams))
-    if not val_cases:  # nothing to choose by: the newest model is the best we know
-        with atomic_write(run.stage_dir / "best.pt") as temporary:
-            shutil.copyfile(run.stage_dir / "last.pt", temporary)
+    if write_last:
+        paths.append(run.stage_dir / "last.pt")
+        if not val_cases:  # nothing to choose by: the newest model is the best we know
+            paths.append(run.stage_dir / "best.pt")
+    if paths:
+        writer.write(content, *paths)
     if due:
         save_training_curve(read_jsonl(run.stage_dir / "log.jsonl"), run.stage_dir / "curve.png", title=run.name)
 
@@ -288,7 +252,7 @@ def validate(run: StageRun, model: UNet3D, cases: list[PreparedCase]) -> dict:
 
 
 def _content(run: StageRun, state: StageState, streams: list[dict]) -> dict:
-    """A checkpoint's content; `streams`: the random state of every process, by rank."""
+    """A checkpoint's content; `streams`: the random state of every process, by rank, to resume from."""
     content = {
         "stage": run.name,
         "epoch": state.epoch,
@@ -298,7 +262,7 @@ def _content(run: StageRun, state: StageState, streams: list[dict]) -> dict:
         "net": state.model.init_kwargs,
         "optimizer": state.optimizer.state_dict(),
         "scheduler": state.scheduler.state_dict(),
-        "rng": _random_state(state),
+        "rng": streams[0],  # rank 0's (the only process that writes)
         "config": to_dict(run.config),
         "labels": run.label_set.to_json(),
         "label_codes": run.label_set.codes_to_json(),
@@ -332,12 +296,26 @@ def _restore(run: StageRun, state: StageState, content: dict) -> None:
             "%s: rank %d and above start fresh random streams (%d saved)", run.name, run.world.rank, len(streams)
         )
     state.epoch = int(content["epoch"])
+    state.step = int(content.get("step", 0))  # > 0: saved mid-epoch, with the epoch's starting streams
+    if state.step:
+        saved = content["epoch_losses"]
+        own = saved[run.world.rank] if run.world.rank < len(saved) else []
+        state.losses = [torch.tensor(loss, device=run.device) for loss in own]
     state.best_metric = float(content["best_metric"])
     state.best_epoch = int(content["best_epoch"])
 
 
 def _append_log(stage_dir: Path, row: dict) -> None:
     append_line(stage_dir / "log.jsonl", json.dumps(row))
+
+
+def _trim_log(stage_dir: Path, epoch: int) -> None:
+    """Drop the log rows of epochs after `epoch`, the checkpoint resumed from: they are trained again."""
+    path = stage_dir / "log.jsonl"
+    rows = read_jsonl(path) if path.is_file() else []
+    kept = [row for row in rows if row.get("epoch", 0) <= epoch]
+    if len(kept) < len(rows):
+        write_text(path, "".join(json.dumps(row) + "\n" for row in kept))
 
 
 def _format(value: float | None) -> str:

@@ -18,11 +18,12 @@ import warnings
 from collections.abc import Iterator
 
 from organseg.cli.parser import build_parser
-from organseg.errors import InputError
+from organseg.errors import InputError, Preempted
 from organseg.progress import ROOT_LOGGER
 
 EXIT_INPUT_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
+EXIT_PREEMPTED = 128 + 15  # as a process ended by SIGTERM
 # The extra (pyproject.toml) that installs each optional package a command may need.
 EXTRA_OF_PACKAGE = {
     "torch": "train",
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
             args.handler(args)
     except InputError as error:
         return _fail(args, str(error), EXIT_INPUT_ERROR)
+    except Preempted as stop:
+        print(f"organseg: {stop}", file=sys.stderr)
+        return EXIT_PREEMPTED
     except ModuleNotFoundError as error:
         package = (error.name or "").split(".")[0]
         if package not in EXTRA_OF_PACKAGE:

@@ -27,6 +27,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 from torch.func import functional_call
 
@@ -72,6 +73,9 @@ class UNet3D(nn.Module):
             nn.Conv3d(self.widths[level], num_classes, kernel_size=1) for level in deep_levels
         )
         self.apply(_init_he)
+        # Training only, not part of the network: recompute the top level's activations in
+        # the backward pass (torch.utils.checkpoint) instead of keeping them.
+        self.recompute_top_level = False
 
     @property
     def required_multiple(self) -> int:
@@ -108,21 +112,39 @@ class UNet3D(nn.Module):
         then those of each lower decoder level (sizes halved level by level).
         """
         self.check_input_shape(image.shape)
-        skips = []
-        features = image
-        for level in self.encoder:
-            features = level(features)
-            skips.append(features)
+        recompute = self.recompute_top_level and self.training and torch.is_grad_enabled()
+        skips = [_run_level(self.encoder[0], image, recompute)]
+        for level in self.encoder[1:]:
+            skips.append(level(skips[-1]))
         features = skips.pop()
         supervised = self.training and self.deep_supervision
         deep_logits = []
-        for level in reversed(range(len(self.decoder))):
+        for level in reversed(range(1, len(self.decoder))):
             features = self.upsamplers[level](features)
-            features = self.decoder[level](torch.cat((skips[level], features), dim=1))
-            if supervised and level >= 1:  # every decoder level below the top has a head
+            # Popped, not indexed: each skip is freed once used, which lowers inference's peak memory.
+            features = self.decoder[level](torch.cat((skips.pop(), features), dim=1))
+            if supervised:  # every decoder level below the top has a head
                 deep_logits.append(self.deep_heads[level - 1](features))
+        if self.decoder:  # else a one-level net, whose encoder output is the top
+            features = _run_level(
+                self.decoder[0], torch.cat((skips.pop(), self.upsamplers[0](features)), dim=1), recompute
+            )
         logits = self.head(features)
         return (logits, *reversed(deep_logits)) if supervised else logits
+
+
+def _run_level(level: nn.Sequential, features: torch.Tensor, recompute: bool) -> torch.Tensor:
+    """A level's blocks; with `recompute`, each block keeps only its input for the backward pass.
+
+    Block by block rather than the level at once: the backward pass then holds one block's
+    recomputed activations at a time, not the whole level's.
+    """
+    if not recompute:
+        return level(features)
+    for block in level:
+        # Non-reentrant: right under autocast and for inputs that need no gradient (the image).
+        features = torch.utils.checkpoint.checkpoint(block, features, use_reentrant=False)
+    return features
 
 
 def _check_args(in_channels: int, num_classes: int, widths: Sequence[int], blocks: int, upsample: str) -> None:
@@ -205,3 +227,20 @@ def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
         for handle in handles:
             handle.remove()
     return 2 * multiply_adds
+
+
+def count_saved_for_backward(model: nn.Module, image: torch.Tensor) -> int:
+    """Bytes a forward pass of `image` keeps for the backward pass (its activations), in the model's mode.
+
+    Counted as autograd saves them, so it works on the meta device too (shapes only, no memory).
+    """
+    saved = 0
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal saved
+        saved += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        model(image)
+    return saved
