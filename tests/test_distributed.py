@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from organseg import cores
 from organseg import pseudolabel as pseudolabel_module
 from organseg.checkpoint import load_checkpoint
 from organseg.cli import main
@@ -351,3 +352,12 @@ def test_shard_workers_under_torchrun_take_their_rank(monkeypatch, tmp_path: Pat
     (tmp_path / "run" / "config.json").write_text(json.dumps({"preset": "tiny"}))
     assert main(arguments) == 2
     assert "torchrun already splits the cases by rank" in capsys.readouterr().err
+
+
+def test_each_torchrun_process_computes_on_its_share_of_the_cores(monkeypatch) -> None:
+    monkeypatch.setattr(cores, "available_cores", lambda: 32)
+    assert cores.threads_per_process({"OMP_NUM_THREADS": "1", "LOCAL_WORLD_SIZE": "4"}) == 8  # torchrun's 1
+    assert cores.threads_per_process({"LOCAL_WORLD_SIZE": "3"}) == 10
+    assert cores.threads_per_process({"OMP_NUM_THREADS": "6", "LOCAL_WORLD_SIZE": "4"}) == 6  # the user's choice
+    monkeypatch.setattr(cores, "available_cores", lambda: 2)
+    assert cores.threads_per_process({"OMP_NUM_THREADS": "1", "LOCAL_WORLD_SIZE": "4"}) == 1

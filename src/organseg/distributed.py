@@ -31,6 +31,7 @@ process group is made. Under N processes (organseg.runs, organseg.train):
   without a saved state start fresh streams.
 
 Backends: gloo on CPU, nccl on CUDA, where each process takes the GPU of its LOCAL_RANK.
+Each process computes with an even share of the machine's cores (cores.threads_per_process).
 A process that fails ends with its error; torchrun then stops the others.
 """
 
@@ -46,6 +47,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
+from organseg.cores import threads_per_process
 from organseg.errors import InputError
 
 T = TypeVar("T")
@@ -198,6 +200,7 @@ def process_group(world: World, device: torch.device) -> Iterator[None]:
     if not world.is_distributed:
         yield
         return
+    torch.set_num_threads(threads_per_process())
     if device.type == "cuda":
         torch.cuda.set_device(device)  # before nccl starts, so it binds this process's GPU
     backend = "nccl" if device.type == "cuda" else "gloo"

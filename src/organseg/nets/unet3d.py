@@ -113,7 +113,7 @@ class UNet3D(nn.Module):
         """
         self.check_input_shape(image.shape)
         recompute = self.recompute_top_level and self.training and torch.is_grad_enabled()
-        skips = [_run_level(self.encoder[0], image, recompute)]
+        skips = [_run_level(self.encoder[0], [image], recompute)]
         for level in self.encoder[1:]:
             skips.append(level(skips[-1]))
         features = skips.pop()
@@ -126,24 +126,33 @@ class UNet3D(nn.Module):
             if supervised:  # every decoder level below the top has a head
                 deep_logits.append(self.deep_heads[level - 1](features))
         if self.decoder:  # else a one-level net, whose encoder output is the top
-            features = _run_level(
-                self.decoder[0], torch.cat((skips.pop(), self.upsamplers[0](features)), dim=1), recompute
-            )
+            # Handed over in a list, so that _run_level holds the only reference and frees it once used.
+            merged = [torch.cat((skips.pop(), self.upsamplers[0](features)), dim=1)]
+            features = _run_level(self.decoder[0], merged, recompute)
         logits = self.head(features)
         return (logits, *reversed(deep_logits)) if supervised else logits
 
 
-def _run_level(level: nn.Sequential, features: torch.Tensor, recompute: bool) -> torch.Tensor:
-    """A level's blocks; with `recompute`, each block keeps only its input for the backward pass.
+def _run_level(level: nn.Sequential, handed_over: list[torch.Tensor], recompute: bool) -> torch.Tensor:
+    """A full-resolution level's blocks on the one tensor in `handed_over` (which is emptied).
 
-    Block by block rather than the level at once: the backward pass then holds one block's
-    recomputed activations at a time, not the whole level's.
+    Layer by layer, each output replacing its input: the only reference to the input is
+    then this function's, so at inference each full-resolution tensor is freed as soon as
+    the next layer has used it (the 64-channel concatenation of the top decoder level
+    would otherwise live through the whole level, the inference's peak).
+
+    With `recompute` each block keeps only its input for the backward pass, block by block
+    rather than the level at once: the backward pass then holds one block's recomputed
+    activations at a time, not the whole level's.
     """
-    if not recompute:
-        return level(features)
+    features = handed_over.pop()
     for block in level:
-        # Non-reentrant: right under autocast and for inputs that need no gradient (the image).
-        features = torch.utils.checkpoint.checkpoint(block, features, use_reentrant=False)
+        if recompute:
+            # Non-reentrant: right under autocast and for inputs that need no gradient (the image).
+            features = torch.utils.checkpoint.checkpoint(block, features, use_reentrant=False)
+        else:
+            for layer in block:
+                features = layer(features)
     return features
 
 
