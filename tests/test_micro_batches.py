@@ -124,3 +124,28 @@ def test_configured_micro_batches_give_the_whole_batch_s_step(tmp_path: Path) ->
     torch.testing.assert_close(train_step.train_step(cut_run, cut, _batch()), loss, rtol=1e-6, atol=1e-6)
     for ours, reference in zip(_gradients(cut), _gradients(whole), strict=True):
         torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-7)
+
+
+def test_a_step_with_a_non_finite_gradient_changes_nothing(tmp_path: Path, monkeypatch, caplog) -> None:
+    # Without a gradient scaler (fp32, bf16) one NaN gradient would make every weight NaN for good.
+    run = _run(tmp_path)
+    state = stage_state.initial_state(run)
+    train_step.train_step(run, state, _batch())  # a normal step, so the optimiser has moments to keep
+    weights, moments = copy.deepcopy(state.model.state_dict()), copy.deepcopy(state.optimizer.state_dict())
+    real_backward = train_step._backward
+
+    def backward(state_, loss):
+        real_backward(state_, loss)
+        next(state_.model.parameters()).grad.view(-1)[0] = float("nan")  # one weight's gradient, as seen
+
+    monkeypatch.setattr(train_step, "_backward", backward)
+    loss = train_step.train_step(run, state, _batch())
+    assert torch.isfinite(loss)
+    for name, value in state.model.state_dict().items():
+        assert torch.equal(value, weights[name]), name
+    for before, after in zip(moments["state"].values(), state.optimizer.state_dict()["state"].values(), strict=True):
+        assert all(torch.equal(before[key], after[key]) for key in before)  # moments and step count
+    assert "gradients are not finite" in caplog.text
+    monkeypatch.setattr(train_step, "_backward", real_backward)
+    train_step.train_step(run, state, _batch())  # the next step trains again
+    assert not torch.equal(next(state.model.parameters()), next(iter(weights.values())))

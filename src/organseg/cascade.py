@@ -245,7 +245,9 @@ def _paste_in_input_order(
     """The full label map in the input's own axis order: `region` at `box` of the canonical volume.
 
     Written through a canonical view of the output, so only the box's voxels are copied.
+    In Fortran order, as images are read and written (organseg.io): writing it then makes
+    no transposed copy of the whole volume.
     """
-    labels = np.zeros(shape, region.dtype)
+    labels = np.zeros(shape, region.dtype, order="F")
     transform.apply(labels)[box.slices] = region
     return labels
