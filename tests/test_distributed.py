@@ -32,7 +32,9 @@ from organseg.stage_state import stream_seed
 SHAPE = (48, 48, 24)
 UNLABELED = [f"phantom_u{i:03d}" for i in range(1, 6)]
 # Stage 1 of the tiny preset, 2 steps per epoch; stage 2 barely trained (the teacher of the shard tests).
+# In float32: the bit-identical comparisons are of the resume, not of bf16 kernels, and every CPU has float32.
 TRAIN = ["--preset", "tiny", "--set", "stage1.iterations_per_epoch=2", "--set", "stage2.epochs=1"]
+TRAIN += ["--set", "precision=fp32"]
 
 
 def one_thread_env() -> dict[str, str]:

@@ -16,6 +16,8 @@ from organseg.labels import FLARE22
 from organseg.phantom import generate_case, write_dataset
 from organseg.phantom.body import sample_body
 from organseg.phantom.case import _make_canvas
+from organseg.phantom.tones import HU_RANGES, PHASES, SHIFTED, hu_ranges, sample_tones
+from organseg.phantom.writer import case_seed
 from organseg.pictures import save_overlay_png
 from organseg.preprocess.orientation import canonical_transform
 
@@ -253,3 +255,87 @@ def test_dicom_phantoms_are_byte_identical_per_seed(tmp_path: Path) -> None:
 def test_unknown_dicom_orientation_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="unknown DICOM orientation"):
         write_dataset(tmp_path / "x", labeled=1, unlabeled=0, test=0, seed=3, dicom="diagonal")
+
+
+# --- contrast phases -----------------------------------------------------------------------------
+
+
+def test_each_phase_draws_its_tissues_within_its_cited_ranges() -> None:
+    for phase in PHASES:
+        ranges = hu_ranges(phase)
+        for seed in range(40):
+            tones = sample_tones(np.random.default_rng(seed), phase)
+            for tissue, (low, high) in ranges.items():
+                margin = 15 if tissue in SHIFTED else 0  # the per-case uptake offset
+                assert low - margin <= tones[tissue] <= high + margin, (phase, tissue, tones[tissue])
+    assert hu_ranges("portal-venous") == HU_RANGES
+    with pytest.raises(ValueError, match="unknown contrast phase"):
+        hu_ranges("venous")
+
+
+# Medians inside the organs of the phantoms of each phase (partial volume with fat at this
+# small resolution pulls small organs down): what tells the phases apart.
+PHASE_MEDIAN_HU = {
+    "non-contrast": {"liver": (35, 80), "aorta": (20, 70), "right kidney": (10, 55), "spleen": (25, 70)},
+    "arterial": {"liver": (55, 110), "aorta": (250, 380), "pancreas": (75, 165)},
+    "portal-venous": {"liver": (80, 150), "aorta": (120, 270)},
+    "delayed": {"liver": (60, 120), "aorta": (85, 165), "right kidney": (115, 205)},
+}
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_organs_of_each_phase_show_its_intensities_and_the_same_anatomy(cases, phase) -> None:
+    for seed, (reference_image, reference_labels) in zip(SEEDS[:2], cases, strict=False):
+        image, labels = generate_case(seed, SHAPE, drop_organs=False, phase=phase)
+        assert np.array_equal(labels.array, reference_labels.array)  # same anatomy and header in every phase
+        assert labels.geometry == reference_labels.geometry
+        for organ, (low, high) in PHASE_MEDIAN_HU[phase].items():
+            median = np.median(image.array[labels.array == ID[organ]])
+            assert low <= median <= high, f"{phase} {organ}: median {median} HU"
+        if phase == "portal-venous":
+            assert np.array_equal(image.array, reference_image.array)  # the default phase
+
+
+def test_arterial_kidneys_have_a_bright_cortex_and_delayed_ones_do_not() -> None:
+    def cortex_minus_medulla(phase: str) -> float:
+        tones = [sample_tones(np.random.default_rng(seed), phase) for seed in range(20)]
+        return float(np.mean([t["kidney cortex"] - t["kidney medulla"] for t in tones]))
+
+    assert cortex_minus_medulla("arterial") > 60
+    assert abs(cortex_minus_medulla("delayed")) < 20 and abs(cortex_minus_medulla("non-contrast")) < 20
+
+
+def test_mixed_phases_are_drawn_per_case_reproducibly_and_listed(tmp_path) -> None:
+    first = write_dataset(tmp_path / "a", labeled=4, unlabeled=4, test=4, seed=3, phase="mixed")
+    again = write_dataset(tmp_path / "b", labeled=4, unlabeled=4, test=4, seed=3, phase="mixed")
+    phases = json.loads((first / "dataset.json").read_text())["contrast_phases"]
+    assert phases == json.loads((again / "dataset.json").read_text())["contrast_phases"]
+    assert len(phases) == 12 and set(phases.values()) <= set(PHASES) and len(set(phases.values())) > 1
+    for name, phase in phases.items():
+        split, folder = (
+            ("test", "imagesTs")
+            if "_t" in name
+            else ("unlabeled", "imagesUnlabeled")
+            if "_u" in name
+            else ("train", "imagesTr")
+        )
+        a, b = (read_image(root / folder / f"{name}_0000.nii.gz").array for root in (first, again))
+        assert np.array_equal(a, b)
+        if name.endswith("001"):  # the case is the generator's in the phase dataset.json names
+            expected, _ = generate_case(case_seed(3, split, 1), phase=phase)
+            assert np.array_equal(a, expected.array)
+    one = write_dataset(tmp_path / "c", labeled=1, unlabeled=0, test=0, seed=3, phase="arterial")
+    assert json.loads((one / "dataset.json").read_text())["contrast_phases"] == {"phantom_001": "arterial"}
+    default = write_dataset(tmp_path / "d", labeled=1, unlabeled=0, test=0, seed=3)
+    assert "contrast_phases" not in json.loads((default / "dataset.json").read_text())
+
+
+def test_cli_phantom_phase_choices_are_the_generator_s(tmp_path, capsys) -> None:
+    assert main(["phantom", str(tmp_path / "p"), "--labeled", "1", "--phase", "non-contrast"]) == 0
+    meta = json.loads((tmp_path / "p" / "dataset.json").read_text())
+    assert meta["contrast_phases"] == {"phantom_001": "non-contrast"}
+    with pytest.raises(SystemExit):
+        main(["phantom", str(tmp_path / "q"), "--phase", "venous"])
+    assert "portal-venous" in capsys.readouterr().err
+    with pytest.raises(InputError, match="unknown contrast phase"):
+        write_dataset(tmp_path / "r", labeled=1, unlabeled=0, test=0, seed=0, phase="venous")

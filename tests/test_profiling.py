@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import mmap
 import threading
 import time
 from pathlib import Path
@@ -68,10 +69,13 @@ def test_a_big_allocation_raises_the_peak_rss() -> None:
     sampler = ResourceSampler()
     sampler.start()
     baseline_mb = psutil.Process().memory_info().rss / 2**20
-    block = np.ones(200 * 2**20 // 8)  # 200 MB, every page written
+    # 200 MB of fresh pages, every one written: a mapping of its own, since memory the C heap
+    # freed earlier in this process may still be resident and would not raise the RSS.
+    block = mmap.mmap(-1, 200 * 2**20)
+    np.frombuffer(block, dtype=np.uint8)[:] = 1
     time.sleep(0.25)
-    del block
     samples = sampler.stop()
+    block.close()
     assert samples.rss_mb.max() - baseline_mb > 150
 
 

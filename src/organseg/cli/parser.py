@@ -85,6 +85,13 @@ def _add_phantom(subcommands: argparse._SubParsersAction) -> None:
         "(files numbered head to foot), coronal, sagittal, oblique (12 degree tilt), or mixed (the five in "
         "turn, case by case; the default of a bare --dicom); label maps stay NIfTI on the series' grid",
     )
+    command.add_argument(
+        "--phase",
+        default="portal-venous",
+        choices=("non-contrast", "arterial", "portal-venous", "delayed", "mixed"),
+        help="contrast phase of the cases: organ and vessel intensities from published ranges per phase; "
+        "mixed draws one per case, named in dataset.json's contrast_phases (default: portal-venous)",
+    )
     command.set_defaults(handler=commands.run_phantom)
 
 

@@ -9,7 +9,7 @@ from organseg.io import Volume
 from organseg.phantom import body as anatomy
 from organseg.phantom.canvas import PROTECTED, Canvas, SmoothField
 from organseg.phantom.organs import paint_organs
-from organseg.phantom.tones import sample_tones, scanner_image
+from organseg.phantom.tones import PORTAL_VENOUS, sample_tones, scanner_image
 from organseg.preprocess.orientation import AxisTransform, all_axis_transforms
 
 # Default size: small, so a CPU demo can train on it.
@@ -23,7 +23,12 @@ MIN_SIZE = 8
 
 
 def generate_case(
-    seed: int, shape: tuple[int, int, int] | None = None, *, reorient: bool = True, drop_organs: bool = True
+    seed: int,
+    shape: tuple[int, int, int] | None = None,
+    *,
+    reorient: bool = True,
+    drop_organs: bool = True,
+    phase: str = PORTAL_VENOUS,
 ) -> tuple[Volume, Volume]:
     """One synthetic CT (int16 HU) and its label map (uint8, FLARE22 ids) on the same Geometry.
 
@@ -35,6 +40,8 @@ def generate_case(
         reorient: store the arrays in one of the 48 axis orders and flips, at random; the
             anatomy stays where it is in world space.
         drop_organs: leave out organs as real patients do (gallbladder in about 1 case in 5).
+        phase: the contrast phase, one of organseg.phantom.tones.PHASES; the anatomy and the
+            header of a seed are the same in every phase.
     """
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
@@ -42,7 +49,7 @@ def generate_case(
     shape = _case_shape(header_rng, shape)
     body = anatomy.sample_body(anatomy_rng)
     canvas = _make_canvas(anatomy_rng, shape, body)
-    tones = sample_tones(anatomy_rng)
+    tones = sample_tones(anatomy_rng, phase)
     _paint_background(canvas, anatomy_rng, body, tones)
     paint_organs(canvas, anatomy_rng, body, tones, drop_organs)
     labels = canvas.labels

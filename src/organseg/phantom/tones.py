@@ -1,11 +1,17 @@
-"""CT intensities (HU) of each tissue in a portal-venous contrast phase, and scanner effects."""
+"""CT intensities (HU) of each tissue in each contrast phase, and scanner effects."""
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
 
-# (low, high) mean HU per tissue; each case draws its means from these ranges.
+# The contrast phases a phantom can show. A model that has seen one phase only meets the
+# others' unenhanced vessels and corticomedullary kidneys as something new.
+PHASES = ("non-contrast", "arterial", "portal-venous", "delayed")
+PORTAL_VENOUS = "portal-venous"
+
+# (low, high) mean HU per tissue in the portal-venous phase (about 70 s after injection);
+# each case draws its means from these ranges.
 HU_RANGES: dict[str, tuple[float, float]] = {
     "air": (-1000, -1000),
     "lung": (-870, -830),
@@ -36,6 +42,79 @@ HU_RANGES: dict[str, tuple[float, float]] = {
     "esophagus": (40, 60),
 }
 
+# The tissues that contrast changes, in the other phases; the rest keep HU_RANGES.
+# Sources:
+# [P] M. Prokop, M. Galanski: Spiral and Multislice Computed Tomography of the Body, Thieme
+#     2003, table of attenuation values: unenhanced liver 45-65, spleen 35-55, kidney 20-40,
+#     blood 45-65 HU.
+# [K] Y. Kodama et al., AJR 188 (2007) 1307-1312: without fat, the unenhanced liver measures
+#     above the spleen (the liver-spleen difference is a fat index).
+# [R] Radiopaedia, "Late arterial phase" (rev. 2023-03-23): peak aortic attenuation 290-360 HU,
+#     liver 20-30 HU above its unenhanced value, portal vein 145 +- 20 HU.
+# [Y] B. I. Yuh, R. H. Cohan, AJR 173 (1999) 747-755: corticomedullary phase with the cortex
+#     far brighter than the medulla; nephrographic phase homogeneous at about 80-120 s.
+# [L] D. S. Lu et al., Radiology 199 (1996) 697-701: the pancreas enhances most at about 40 s
+#     (pancreatic phase), more than in the later hepatic phase.
+# [B] K. T. Bae, Radiology 256 (2010) 32-61: after the bolus, aortic and hepatic enhancement
+#     fall towards each other (equilibrium phase, a few minutes after injection).
+# Walls of the gut and the adrenal glands follow soft tissue: muscle-like unenhanced [P],
+# mucosal enhancement early. Bile, fat, air, bone and bowel content do not change.
+PHASE_HU_RANGES: dict[str, dict[str, tuple[float, float]]] = {
+    "non-contrast": {
+        # Blood: [P] gives 45-65; its attenuation follows the haematocrit, lower in the anaemic patients
+        # common among those scanned, so 40-55 here.
+        "heart": (40, 55),
+        "vein": (40, 55),
+        "artery": (40, 55),
+        "aorta": (40, 55),
+        "inferior vena cava": (40, 55),
+        "liver": (52, 65),  # [P], [K]
+        "spleen": (42, 55),  # [P], [K]
+        "kidney cortex": (25, 40),  # [P]; no corticomedullary difference
+        "kidney medulla": (25, 40),
+        "pancreas": (35, 50),
+        "adrenal gland": (25, 40),
+        "stomach wall": (35, 50),
+        "duodenum": (35, 50),
+        "esophagus": (35, 50),
+        "bowel wall": (35, 50),
+    },
+    "arterial": {
+        "heart": (220, 320),
+        "vein": (125, 165),  # portal and splenic veins [R]
+        "artery": (250, 350),
+        "aorta": (290, 360),  # [R]
+        "inferior vena cava": (70, 120),  # mixing of opacified renal and unopacified infrarenal blood
+        "liver": (75, 95),  # unenhanced + 20-30 [R]
+        "spleen": (110, 160),
+        "kidney cortex": (160, 230),  # [Y]
+        "kidney medulla": (60, 100),  # [Y]
+        "pancreas": (110, 150),  # [L]
+        "adrenal gland": (60, 90),
+        "stomach wall": (80, 120),
+        "duodenum": (80, 120),
+        "esophagus": (50, 70),
+        "bowel wall": (70, 110),
+    },
+    "delayed": {
+        "heart": (110, 150),  # [B]
+        "vein": (110, 145),
+        "artery": (110, 150),
+        "aorta": (110, 150),  # [B]
+        "inferior vena cava": (110, 145),
+        "liver": (80, 105),  # [B]
+        "spleen": (85, 105),
+        "kidney cortex": (140, 190),  # homogeneous, nephrographic [Y]
+        "kidney medulla": (140, 190),
+        "pancreas": (70, 95),  # [L]: washes out after its early peak
+        "adrenal gland": (50, 75),
+        "stomach wall": (60, 85),
+        "duodenum": (60, 85),
+        "esophagus": (45, 60),
+        "bowel wall": (50, 80),
+    },
+}
+
 # Tissues whose value depends on contrast uptake and patient: shifted by up to +-15 HU per
 # case, so intensity alone never separates neighbouring organs.
 SHIFTED = {
@@ -57,10 +136,17 @@ SHIFTED = {
 }
 
 
-def sample_tones(rng: np.random.Generator) -> dict[str, float]:
-    """Mean HU of every tissue for one case."""
+def hu_ranges(phase: str = PORTAL_VENOUS) -> dict[str, tuple[float, float]]:
+    """(low, high) mean HU of every tissue in `phase`, one of PHASES."""
+    if phase not in PHASES:
+        raise ValueError(f"unknown contrast phase {phase!r}; choose one of {', '.join(PHASES)}")
+    return {**HU_RANGES, **PHASE_HU_RANGES.get(phase, {})}
+
+
+def sample_tones(rng: np.random.Generator, phase: str = PORTAL_VENOUS) -> dict[str, float]:
+    """Mean HU of every tissue for one case in `phase` (the same draws in every phase, tissue by tissue)."""
     tones = {}
-    for name, (low, high) in HU_RANGES.items():
+    for name, (low, high) in hu_ranges(phase).items():
         offset = rng.uniform(-15, 15) if name in SHIFTED else 0.0
         tones[name] = float(rng.uniform(low, high) + offset)
     return tones

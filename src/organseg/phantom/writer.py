@@ -12,6 +12,7 @@ from organseg.io import Volume, write_label, write_volume
 from organseg.labels import FLARE22
 from organseg.phantom.case import generate_case
 from organseg.phantom.orientations import ORIENTATIONS, orient
+from organseg.phantom.tones import PHASES, PORTAL_VENOUS
 from organseg.progress import progress_bar
 
 # split: (image folder, label folder or None, case name pattern); the order fixes each split's seed key.
@@ -21,6 +22,7 @@ SPLITS = {
     "test": ("imagesTs", "labelsTs", "phantom_t{:03d}"),
     "partial": ("imagesTr", "labelsTr", "phantom_p{:03d}"),
 }
+MIXED = "mixed"  # a contrast phase drawn per case
 # A partially labeled case annotates this many organs, drawn at random (FLARE 2023's
 # partially labeled scans mostly carry one to a few organs).
 PARTIAL_ORGANS = (1, 4)
@@ -41,6 +43,7 @@ def write_dataset(
     shape: tuple[int, int, int] | None = None,
     dicom: str | None = None,
     partial: int = 0,
+    phase: str = PORTAL_VENOUS,
 ) -> Path:
     """Write an nnU-Net v2 raw dataset; returns the folder.
 
@@ -59,6 +62,9 @@ def write_dataset(
         partial: number of further labeled cases (phantom_p001, ...) that each annotate a
             random 1-4 of the organs (`partial_annotation`): the others are erased from their
             label maps and dataset.json's `partial_labels` lists what each annotates.
+        phase: the contrast phase of every case (organseg.phantom.tones.PHASES), or "mixed"
+            for one drawn per case (`case_phase`); other than the portal-venous default,
+            dataset.json's `contrast_phases` names each case's.
     """
     out = Path(out)
     counts = {"train": labeled, "unlabeled": unlabeled, "test": test, "partial": partial}
@@ -66,15 +72,17 @@ def write_dataset(
         raise InputError(f"{out}: already exists and is not empty; choose a new folder or empty this one")
     if dicom is not None and dicom not in (*ORIENTATIONS, "mixed"):
         raise InputError(f"unknown DICOM orientation {dicom!r}; choose one of {', '.join(ORIENTATIONS)} or mixed")
+    if phase not in (*PHASES, MIXED):
+        raise InputError(f"unknown contrast phase {phase!r}; choose one of {', '.join(PHASES)} or {MIXED}")
     if seed < 0 or min(counts.values()) < 0:
         raise InputError(f"seed and case counts must be >= 0, got seed {seed}, counts {counts}")
     with atomic_folder(out) as staging:
-        _write_cases(staging, counts, seed, shape, dicom)
-        _write_dataset_json(staging, counts, seed)
+        _write_cases(staging, counts, seed, shape, dicom, phase)
+        _write_dataset_json(staging, counts, seed, phase)
     return out
 
 
-def _write_cases(root: Path, counts: dict[str, int], seed: int, shape, dicom: str | None) -> None:
+def _write_cases(root: Path, counts: dict[str, int], seed: int, shape, dicom: str | None, phase: str) -> None:
     if dicom:
         from organseg.dicom.ct_series import write_ct_series  # pydicom: only for DICOM phantoms
     jobs = [(split, index) for split, count in counts.items() for index in range(1, count + 1)]
@@ -85,7 +93,9 @@ def _write_cases(root: Path, counts: dict[str, int], seed: int, shape, dicom: st
     for split, index in progress_bar(jobs, desc="phantom cases", unit="case"):
         images, labels, pattern = SPLITS[split]
         name = pattern.format(index)
-        image, label_map = generate_case(case_seed(seed, split, index), shape)
+        image, label_map = generate_case(
+            case_seed(seed, split, index), shape, phase=case_phase(seed, split, index, phase)
+        )
         if split == "partial":
             kept = partial_annotation(seed, index)
             label_map = Volume(np.where(np.isin(label_map.array, kept), label_map.array, 0), label_map.geometry)
@@ -100,6 +110,14 @@ def _write_cases(root: Path, counts: dict[str, int], seed: int, shape, dicom: st
             write_label(label_map.array, label_map.geometry, root / labels / f"{name}.nii.gz")
 
 
+def case_phase(seed: int, split: str, index: int, phase: str) -> str:
+    """The contrast phase of case `index` of `split`: `phase`, or for "mixed" one of PHASES drawn for the case."""
+    if phase != MIXED:
+        return phase
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(list(SPLITS).index(split), index, 2)))
+    return PHASES[int(rng.integers(len(PHASES)))]
+
+
 def partial_annotation(seed: int, index: int) -> tuple[int, ...]:
     """The FLARE22 label ids that partially labeled case `index` (from 1) of a dataset of `seed` annotates."""
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(list(SPLITS).index("partial"), index, 1)))
@@ -107,7 +125,7 @@ def partial_annotation(seed: int, index: int) -> tuple[int, ...]:
     return tuple(sorted(int(label) for label in rng.choice(FLARE22.ids, size=count, replace=False)))
 
 
-def _write_dataset_json(root: Path, counts: dict[str, int], seed: int) -> None:
+def _write_dataset_json(root: Path, counts: dict[str, int], seed: int, phase: str) -> None:
     meta = {
         "name": "organseg_phantom",
         "description": f"Synthetic abdominal CT phantoms with the 13 FLARE22 organs (organseg, seed {seed})",
@@ -122,5 +140,11 @@ def _write_dataset_json(root: Path, counts: dict[str, int], seed: int) -> None:
         meta["partial_labels"] = {
             SPLITS["partial"][2].format(index): [FLARE22.name(label) for label in partial_annotation(seed, index)]
             for index in range(1, counts["partial"] + 1)
+        }
+    if phase != PORTAL_VENOUS:
+        meta["contrast_phases"] = {
+            SPLITS[split][2].format(index): case_phase(seed, split, index, phase)
+            for split, count in counts.items()
+            for index in range(1, count + 1)
         }
     write_json(root / "dataset.json", meta)
