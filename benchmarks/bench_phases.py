@@ -1,18 +1,20 @@
-"""Contrast phases in the training phantoms: do they carry a phantom-only model to other phases and to real CT?
+"""Contrast phases and fields of view of the training phantoms: do they carry a phantom-only model to real CT?
 
     python benchmarks/bench_phases.py OUT [--seeds 0 1 2]
 
-Per seed, two phantom training sets of the demo's size (4 labeled cases: 3 to train, 1 to
-validate) with the same anatomy case by case, differing only in contrast phase: every
-case portal-venous (the default until now), or one phase per case drawn at random
-(`organseg phantom --phase mixed`). Each trains a model with the demo's schedule for its
-teacher (the `cpu` preset's networks, 80 stage-1 and 300 stage-2 steps). Both are then
-evaluated on 4 test phantoms in each phase (the same 4 anatomies in every phase) and on
-the real `ts_abdomen` (non-contrast abdomen-pelvis CT, 12 organs; no model here has seen
-it). Mean DSC over the organs present in each ground truth.
+Per seed, three phantom training sets of the demo's size (4 labeled cases: 3 to train, 1
+to validate) with the same anatomy case by case (TRAININGS): every case portal-venous
+and upper-abdominal (the default), one contrast phase per case drawn at random
+(`organseg phantom --phase mixed`), and that with every field of view continued to the
+femoral heads (`--fov abdomen-pelvis`). Each trains a model with the
+demo's schedule for its teacher (the `cpu` preset's networks, 80 stage-1 and 300 stage-2
+steps). Each is evaluated on 4 upper-abdominal test phantoms in each phase (the same 4
+anatomies in every phase) and on the real `ts_abdomen` (non-contrast abdomen-pelvis CT,
+12 organs; no model here has seen it). Mean DSC over the organs present in each ground
+truth.
 
-Writes OUT/results.json and prints per-seed tables and paired differences (mixed minus
-portal-venous).
+Writes OUT/results.json (a rerun adds what is missing) and prints per-seed tables and
+paired differences.
 """
 
 from __future__ import annotations
@@ -36,7 +38,12 @@ from organseg.runs import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "real" / "ts_abdomen"
-TRAININGS = ("portal-venous", "mixed")
+# Training sets: name -> (contrast phase, field of view), each as `organseg phantom --phase --fov` takes them.
+TRAININGS = {
+    "portal-venous": ("portal-venous", "upper-abdomen"),
+    "mixed": ("mixed", "upper-abdomen"),
+    "mixed, pelvis": ("mixed", "abdomen-pelvis"),
+}
 TEST_CASES = 4
 
 
@@ -49,34 +56,40 @@ def main() -> None:
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {"machine": machine(), "seeds": {}}
     for seed in args.seeds:
-        if str(seed) not in results["seeds"]:
-            results["seeds"][str(seed)] = one_seed(args.out / f"seed{seed}", seed)
-            results_path.write_text(json.dumps(results, indent=2))
+        row = results["seeds"].setdefault(str(seed), {})
+        for training in TRAININGS:
+            if training not in row:
+                row[training] = one_training(args.out / f"seed{seed}", seed, training)
+                results_path.write_text(json.dumps(results, indent=2))
     print_tables(results)
 
 
-def one_seed(folder: Path, seed: int) -> dict:
-    tests = {phase: _dataset(folder / f"test_{phase}", seed, phase, labeled=0, test=TEST_CASES) for phase in PHASES}
-    row = {}
-    for training in TRAININGS:
-        data = _dataset(folder / f"train_{training}", seed, training, labeled=4, test=0)
-        run_dir = folder / f"run_{training}"
-        started = time.perf_counter()
-        if not (run_dir / "stage2" / "last.pt").exists():
-            run_training(discover_dataset(data), run_dir, demo_config(seed=seed))
-        minutes = (time.perf_counter() - started) / 60
-        segmenter = segmenter_from_run(run_dir, device="cpu")
-        scores = {phase: _mean_dsc(segmenter, _test_pairs(test)) for phase, test in tests.items()}
-        real = _organ_dsc(segmenter, REAL / "image.nii.gz", REAL / "label_flare13.nii.gz")
-        scores["ts_abdomen"] = float(np.mean(list(real.values())))
-        row[training] = {"mean_dsc": scores, "ts_abdomen_organs": real, "train_minutes": round(minutes, 1)}
-        print(f"seed {seed} {training}: {json.dumps(scores)}", flush=True)
-    return row
+def one_training(folder: Path, seed: int, training: str) -> dict:
+    """Train on the training set `training` of `seed` and score it on every test set."""
+    tests = {
+        phase: _dataset(folder / f"test_{phase}", seed, (phase, "upper-abdomen"), 0, TEST_CASES) for phase in PHASES
+    }
+    name = training.replace(", ", "_")
+    data = _dataset(folder / f"train_{name}", seed, TRAININGS[training], labeled=4, test=0)
+    run_dir = folder / f"run_{name}"
+    started = time.perf_counter()
+    if not (run_dir / "stage2" / "last.pt").exists():
+        run_training(discover_dataset(data), run_dir, demo_config(seed=seed))
+    minutes = (time.perf_counter() - started) / 60
+    segmenter = segmenter_from_run(run_dir, device="cpu")
+    scores = {phase: _mean_dsc(segmenter, _test_pairs(test)) for phase, test in tests.items()}
+    real = _organ_dsc(segmenter, REAL / "image.nii.gz", REAL / "label_flare13.nii.gz")
+    scores["ts_abdomen"] = float(np.mean(list(real.values())))
+    print(f"seed {seed} {training}: {json.dumps(scores)}", flush=True)
+    return {"mean_dsc": scores, "ts_abdomen_organs": real, "train_minutes": round(minutes, 1)}
 
 
-def _dataset(folder: Path, seed: int, phase: str, labeled: int, test: int) -> Path:
+def _dataset(folder: Path, seed: int, looks: tuple[str, str], labeled: int, test: int) -> Path:
     if not (folder / "dataset.json").exists():
-        write_dataset(folder, labeled=labeled, unlabeled=0, test=test, seed=seed, phase=phase)
+        phase, field_of_view = looks
+        write_dataset(
+            folder, labeled=labeled, unlabeled=0, test=test, seed=seed, phase=phase, field_of_view=field_of_view
+        )
     return folder
 
 
@@ -104,23 +117,21 @@ def print_tables(results: dict) -> None:
     print("\n| seed | training phantoms | " + " | ".join(columns) + " |")
     print("|---|---|" + "---|" * len(columns))
     for seed, row in results["seeds"].items():
-        for training in TRAININGS:
+        for training in (t for t in TRAININGS if t in row):
             cells = " | ".join(f"{row[training]['mean_dsc'][column]:.3f}" for column in columns)
             print(f"| {seed} | {training} | {cells} |")
-    print("\npaired differences of mean DSC, mixed minus portal-venous; per seed; mean +- sd\n")
-    for column in columns:
-        differences = [
-            row["mixed"]["mean_dsc"][column] - row["portal-venous"]["mean_dsc"][column]
-            for row in results["seeds"].values()
-        ]
-        spread = np.std(differences, ddof=1) if len(differences) > 1 else 0.0
-        listed = ", ".join(f"{value:+.3f}" for value in differences)
-        print(f"- {column}: {listed}; {np.mean(differences):+.3f} +- {spread:.3f}")
-    print("\nts_abdomen per organ (mean over seeds): portal-venous / mixed\n")
-    organs = next(iter(results["seeds"].values()))["mixed"]["ts_abdomen_organs"]
-    for organ in organs:
-        values = [np.mean([row[t]["ts_abdomen_organs"][organ] for row in results["seeds"].values()]) for t in TRAININGS]
-        print(f"- {organ}: {values[0]:.3f} / {values[1]:.3f}")
+    seeds = [row for row in results["seeds"].values() if set(TRAININGS) <= set(row)]
+    for better, base in (("mixed", "portal-venous"), ("mixed, pelvis", "portal-venous"), ("mixed, pelvis", "mixed")):
+        print(f"\npaired differences of mean DSC, {better} minus {base}; per seed; mean +- sd\n")
+        for column in columns:
+            differences = [row[better]["mean_dsc"][column] - row[base]["mean_dsc"][column] for row in seeds]
+            spread = np.std(differences, ddof=1) if len(differences) > 1 else 0.0
+            listed = ", ".join(f"{value:+.3f}" for value in differences)
+            print(f"- {column}: {listed}; {np.mean(differences):+.3f} +- {spread:.3f}")
+    print(f"\nts_abdomen per organ (mean over seeds): {' / '.join(TRAININGS)}\n")
+    for organ in seeds[0]["mixed"]["ts_abdomen_organs"]:
+        values = [np.mean([row[t]["ts_abdomen_organs"][organ] for row in seeds]) for t in TRAININGS]
+        print(f"- {organ}: " + " / ".join(f"{value:.3f}" for value in values))
 
 
 if __name__ == "__main__":

@@ -339,3 +339,49 @@ def test_cli_phantom_phase_choices_are_the_generator_s(tmp_path, capsys) -> None
     assert "portal-venous" in capsys.readouterr().err
     with pytest.raises(InputError, match="unknown contrast phase"):
         write_dataset(tmp_path / "r", labeled=1, unlabeled=0, test=0, seed=0, phase="venous")
+
+
+# --- fields of view ------------------------------------------------------------------------------
+
+
+def _z_length_mm(volume) -> float:
+    """World z distance (mm) between the volume's lowest and highest voxel centres."""
+    geometry = volume.geometry
+    last = np.array(geometry.shape) - 1
+    corners = np.array([[i, j, k] for i in (0, last[0]) for j in (0, last[1]) for k in (0, last[2])])
+    z = (corners * geometry.spacing_mm) @ np.asarray(geometry.direction).reshape(3, 3).T[:, 2]
+    return float(z.max() - z.min())
+
+
+def test_an_abdomen_pelvis_field_reaches_far_below_the_organs_with_as_thick_slices() -> None:
+    for seed in range(3):
+        upper, upper_labels = generate_case(seed, drop_organs=False)
+        pelvis, pelvis_labels = generate_case(seed, drop_organs=False, field_of_view="abdomen-pelvis")
+        assert _z_length_mm(pelvis) > 1.35 * _z_length_mm(upper)
+        thickness = [max(v.geometry.spacing_mm) for v in (upper, pelvis)]  # the slice axis has the largest step
+        assert thickness[1] == pytest.approx(thickness[0], rel=0.3)
+        # No organ in the lower 30% of the longer field: it lies below the kidneys.
+        array, labels, geometry = canonical(pelvis, pelvis_labels)
+        lowest = int(0.3 * labels.shape[2])
+        assert not labels[:, :, :lowest].any() and labels.any()
+        assert (array[:, :, :lowest] > -500).mean() > 0.2  # body, not air, fills those slices
+        assert set(np.unique(upper_labels.array)) == set(np.unique(pelvis_labels.array))
+
+
+def test_fields_of_view_mix_per_case_and_are_listed(tmp_path) -> None:
+    root = write_dataset(tmp_path / "a", labeled=6, unlabeled=0, test=0, seed=1, field_of_view="mixed", phase="mixed")
+    meta = json.loads((root / "dataset.json").read_text())
+    assert set(meta["fields_of_view"].values()) == {"upper-abdomen", "abdomen-pelvis"}
+    assert set(meta["contrast_phases"].values()) <= set(PHASES)
+    for name, field in meta["fields_of_view"].items():
+        index = int(name.rsplit("_", 1)[1])
+        image, _ = generate_case(case_seed(1, "train", index), phase=meta["contrast_phases"][name], field_of_view=field)
+        assert np.array_equal(read_image(root / "imagesTr" / f"{name}_0000.nii.gz").array, image.array)
+    with pytest.raises(ValueError, match="unknown field of view"):
+        generate_case(0, field_of_view="pelvis")
+    with pytest.raises(InputError, match="unknown field of view"):
+        write_dataset(tmp_path / "b", labeled=1, unlabeled=0, test=0, seed=0, field_of_view="pelvis")
+    assert main(["phantom", str(tmp_path / "c"), "--labeled", "1", "--fov", "abdomen-pelvis"]) == 0
+    assert json.loads((tmp_path / "c" / "dataset.json").read_text())["fields_of_view"] == {
+        "phantom_001": "abdomen-pelvis"
+    }

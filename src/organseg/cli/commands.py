@@ -22,7 +22,9 @@ def run_phantom(args: argparse.Namespace) -> None:
         raise InputError(f"--shape must be at least 16 voxels per axis, got {args.shape}")
     shape = tuple(args.shape) if args.shape else None
     counts = {"labeled": args.labeled, "unlabeled": args.unlabeled, "test": args.test, "partial": args.partial}
-    root = write_dataset(args.out, seed=args.seed, shape=shape, dicom=args.dicom, phase=args.phase, **counts)
+    root = write_dataset(
+        args.out, seed=args.seed, shape=shape, dicom=args.dicom, phase=args.phase, field_of_view=args.fov, **counts
+    )
     print(f"wrote phantom dataset to {root}")
 
 

@@ -92,6 +92,13 @@ def _add_phantom(subcommands: argparse._SubParsersAction) -> None:
         help="contrast phase of the cases: organ and vessel intensities from published ranges per phase; "
         "mixed draws one per case, named in dataset.json's contrast_phases (default: portal-venous)",
     )
+    command.add_argument(
+        "--fov",
+        default="upper-abdomen",
+        choices=("upper-abdomen", "abdomen-pelvis", "mixed"),
+        help="field of view: lung bases to below the kidneys, or on to the femoral heads; mixed draws one per "
+        "case, named in dataset.json's fields_of_view (default: upper-abdomen)",
+    )
     command.set_defaults(handler=commands.run_phantom)
 
 

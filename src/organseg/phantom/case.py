@@ -19,6 +19,10 @@ DEFAULT_SLICES = (40, 64)
 # top can cut the liver dome (apex near z = 125) and the bottom the lower kidney poles (z = -90).
 TOP_Z_MM = (115, 175)
 BOTTOM_Z_MM = (-165, -75)
+# The bottom of each field of view: an abdomen-pelvis scan reaches 170-240 mm below the
+# kidneys (to the femoral heads), where no organ of the 13 lies.
+UPPER_ABDOMEN = "upper-abdomen"
+FIELDS_OF_VIEW = {UPPER_ABDOMEN: BOTTOM_Z_MM, "abdomen-pelvis": (-330, -260)}
 MIN_SIZE = 8
 
 
@@ -29,6 +33,7 @@ def generate_case(
     reorient: bool = True,
     drop_organs: bool = True,
     phase: str = PORTAL_VENOUS,
+    field_of_view: str = UPPER_ABDOMEN,
 ) -> tuple[Volume, Volume]:
     """One synthetic CT (int16 HU) and its label map (uint8, FLARE22 ids) on the same Geometry.
 
@@ -42,13 +47,18 @@ def generate_case(
         drop_organs: leave out organs as real patients do (gallbladder in about 1 case in 5).
         phase: the contrast phase, one of organseg.phantom.tones.PHASES; the anatomy and the
             header of a seed are the same in every phase.
+        field_of_view: one of FIELDS_OF_VIEW: "upper-abdomen" (lung bases to below the
+            kidneys) or "abdomen-pelvis" (down to the femoral heads); the default small
+            size then has proportionally more slices.
     """
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     header_rng, anatomy_rng, scanner_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
-    shape = _case_shape(header_rng, shape)
+    if field_of_view not in FIELDS_OF_VIEW:
+        raise ValueError(f"unknown field of view {field_of_view!r}; choose one of {', '.join(FIELDS_OF_VIEW)}")
+    shape = _case_shape(header_rng, shape, field_of_view)
     body = anatomy.sample_body(anatomy_rng)
-    canvas = _make_canvas(anatomy_rng, shape, body)
+    canvas = _make_canvas(anatomy_rng, shape, body, FIELDS_OF_VIEW[field_of_view])
     tones = sample_tones(anatomy_rng, phase)
     _paint_background(canvas, anatomy_rng, body, tones)
     paint_organs(canvas, anatomy_rng, body, tones, drop_organs)
@@ -65,20 +75,24 @@ def generate_case(
     )
 
 
-def _case_shape(rng: np.random.Generator, shape) -> tuple[int, int, int]:
+def _case_shape(rng: np.random.Generator, shape, field_of_view: str = UPPER_ABDOMEN) -> tuple[int, int, int]:
     in_plane = int(rng.integers(DEFAULT_IN_PLANE[0], DEFAULT_IN_PLANE[1] + 1))
     slices = int(rng.integers(DEFAULT_SLICES[0], DEFAULT_SLICES[1] + 1))
-    if shape is None:
-        return (in_plane, in_plane, slices)
+    if shape is None:  # slices as thick in every field of view: more of them in a longer one
+        return (in_plane, in_plane, round(slices * _mean_length_mm(field_of_view) / _mean_length_mm(UPPER_ABDOMEN)))
     if len(shape) != 3 or any(int(n) != n or n < MIN_SIZE for n in shape):
         raise ValueError(f"shape must be three whole numbers of at least {MIN_SIZE} voxels, got {shape}")
     return tuple(int(n) for n in shape)
 
 
-def _make_canvas(rng: np.random.Generator, shape, body: anatomy.Body) -> Canvas:
+def _mean_length_mm(field_of_view: str) -> float:
+    return float(np.mean(TOP_Z_MM) - np.mean(FIELDS_OF_VIEW[field_of_view]))
+
+
+def _make_canvas(rng: np.random.Generator, shape, body: anatomy.Body, bottom_z_mm=BOTTOM_Z_MM) -> Canvas:
     """Map the grid onto model space: the body fills 80-90% of the width, z spans a random crop."""
     step_in_plane = 2 * body.half_width_mm / rng.uniform(0.8, 0.9) / shape[0]
-    top, bottom = rng.uniform(*TOP_Z_MM), rng.uniform(*BOTTOM_Z_MM)
+    top, bottom = rng.uniform(*TOP_Z_MM), rng.uniform(*bottom_z_mm)
     step = np.array([step_in_plane, step_in_plane, (top - bottom) / shape[2]])
     # The body lies near the centre of the field of view, a little forward of it (the table is behind).
     centre = np.array([rng.uniform(-10, 10), rng.uniform(0, 15), (top + bottom) / 2])

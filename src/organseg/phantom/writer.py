@@ -10,7 +10,7 @@ from organseg.atomic import atomic_folder, write_json
 from organseg.errors import InputError
 from organseg.io import Volume, write_label, write_volume
 from organseg.labels import FLARE22
-from organseg.phantom.case import generate_case
+from organseg.phantom.case import FIELDS_OF_VIEW, UPPER_ABDOMEN, generate_case
 from organseg.phantom.orientations import ORIENTATIONS, orient
 from organseg.phantom.tones import PHASES, PORTAL_VENOUS
 from organseg.progress import progress_bar
@@ -44,6 +44,7 @@ def write_dataset(
     dicom: str | None = None,
     partial: int = 0,
     phase: str = PORTAL_VENOUS,
+    field_of_view: str = UPPER_ABDOMEN,
 ) -> Path:
     """Write an nnU-Net v2 raw dataset; returns the folder.
 
@@ -63,8 +64,11 @@ def write_dataset(
             random 1-4 of the organs (`partial_annotation`): the others are erased from their
             label maps and dataset.json's `partial_labels` lists what each annotates.
         phase: the contrast phase of every case (organseg.phantom.tones.PHASES), or "mixed"
-            for one drawn per case (`case_phase`); other than the portal-venous default,
+            for one drawn per case (`case_look`); other than the portal-venous default,
             dataset.json's `contrast_phases` names each case's.
+        field_of_view: that of every case (organseg.phantom.case.FIELDS_OF_VIEW), or
+            "mixed" for one drawn per case; other than the upper-abdomen default,
+            dataset.json's `fields_of_view` names each case's.
     """
     out = Path(out)
     counts = {"train": labeled, "unlabeled": unlabeled, "test": test, "partial": partial}
@@ -74,15 +78,20 @@ def write_dataset(
         raise InputError(f"unknown DICOM orientation {dicom!r}; choose one of {', '.join(ORIENTATIONS)} or mixed")
     if phase not in (*PHASES, MIXED):
         raise InputError(f"unknown contrast phase {phase!r}; choose one of {', '.join(PHASES)} or {MIXED}")
+    if field_of_view not in (*FIELDS_OF_VIEW, MIXED):
+        raise InputError(
+            f"unknown field of view {field_of_view!r}; choose one of {', '.join(FIELDS_OF_VIEW)} or {MIXED}"
+        )
     if seed < 0 or min(counts.values()) < 0:
         raise InputError(f"seed and case counts must be >= 0, got seed {seed}, counts {counts}")
     with atomic_folder(out) as staging:
-        _write_cases(staging, counts, seed, shape, dicom, phase)
-        _write_dataset_json(staging, counts, seed, phase)
+        looks = {"phase": phase, "field_of_view": field_of_view}
+        _write_cases(staging, counts, seed, shape, dicom, looks)
+        _write_dataset_json(staging, counts, seed, looks)
     return out
 
 
-def _write_cases(root: Path, counts: dict[str, int], seed: int, shape, dicom: str | None, phase: str) -> None:
+def _write_cases(root: Path, counts: dict[str, int], seed: int, shape, dicom: str | None, looks: dict) -> None:
     if dicom:
         from organseg.dicom.ct_series import write_ct_series  # pydicom: only for DICOM phantoms
     jobs = [(split, index) for split, count in counts.items() for index in range(1, count + 1)]
@@ -93,9 +102,8 @@ def _write_cases(root: Path, counts: dict[str, int], seed: int, shape, dicom: st
     for split, index in progress_bar(jobs, desc="phantom cases", unit="case"):
         images, labels, pattern = SPLITS[split]
         name = pattern.format(index)
-        image, label_map = generate_case(
-            case_seed(seed, split, index), shape, phase=case_phase(seed, split, index, phase)
-        )
+        case_looks = {key: case_look(seed, split, index, key, value) for key, value in looks.items()}
+        image, label_map = generate_case(case_seed(seed, split, index), shape, **case_looks)
         if split == "partial":
             kept = partial_annotation(seed, index)
             label_map = Volume(np.where(np.isin(label_map.array, kept), label_map.array, 0), label_map.geometry)
@@ -110,12 +118,21 @@ def _write_cases(root: Path, counts: dict[str, int], seed: int, shape, dicom: st
             write_label(label_map.array, label_map.geometry, root / labels / f"{name}.nii.gz")
 
 
-def case_phase(seed: int, split: str, index: int, phase: str) -> str:
-    """The contrast phase of case `index` of `split`: `phase`, or for "mixed" one of PHASES drawn for the case."""
-    if phase != MIXED:
-        return phase
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(list(SPLITS).index(split), index, 2)))
-    return PHASES[int(rng.integers(len(PHASES)))]
+# What a case may look like, beside its anatomy: generate_case's argument, its choices, its default,
+# the dataset.json entry naming each case's when not the default, and the seed key of "mixed".
+LOOKS = {
+    "phase": (PHASES, PORTAL_VENOUS, "contrast_phases", 2),
+    "field_of_view": (tuple(FIELDS_OF_VIEW), UPPER_ABDOMEN, "fields_of_view", 3),
+}
+
+
+def case_look(seed: int, split: str, index: int, look: str, value: str) -> str:
+    """Case `index` of `split`'s `look` (a key of LOOKS): `value`, or for "mixed" a choice drawn for the case."""
+    if value != MIXED:
+        return value
+    choices, _, _, key = LOOKS[look]
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(list(SPLITS).index(split), index, key)))
+    return choices[int(rng.integers(len(choices)))]
 
 
 def partial_annotation(seed: int, index: int) -> tuple[int, ...]:
@@ -125,7 +142,7 @@ def partial_annotation(seed: int, index: int) -> tuple[int, ...]:
     return tuple(sorted(int(label) for label in rng.choice(FLARE22.ids, size=count, replace=False)))
 
 
-def _write_dataset_json(root: Path, counts: dict[str, int], seed: int, phase: str) -> None:
+def _write_dataset_json(root: Path, counts: dict[str, int], seed: int, looks: dict) -> None:
     meta = {
         "name": "organseg_phantom",
         "description": f"Synthetic abdominal CT phantoms with the 13 FLARE22 organs (organseg, seed {seed})",
@@ -141,10 +158,12 @@ def _write_dataset_json(root: Path, counts: dict[str, int], seed: int, phase: st
             SPLITS["partial"][2].format(index): [FLARE22.name(label) for label in partial_annotation(seed, index)]
             for index in range(1, counts["partial"] + 1)
         }
-    if phase != PORTAL_VENOUS:
-        meta["contrast_phases"] = {
-            SPLITS[split][2].format(index): case_phase(seed, split, index, phase)
-            for split, count in counts.items()
-            for index in range(1, count + 1)
-        }
+    for look, value in looks.items():
+        _, default, entry, _ = LOOKS[look]
+        if value != default:
+            meta[entry] = {
+                SPLITS[split][2].format(index): case_look(seed, split, index, look, value)
+                for split, count in counts.items()
+                for index in range(1, count + 1)
+            }
     write_json(root / "dataset.json", meta)
