@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from organseg.cli import main
+from organseg.cli import build_parser, main
 from organseg.errors import InputError
 from organseg.io import read_image, read_label
 from organseg.labels import FLARE22
 from organseg.phantom import generate_case, write_dataset
 from organseg.phantom.body import sample_body
-from organseg.phantom.case import _make_canvas
+from organseg.phantom.case import FIELDS_OF_VIEW, _make_canvas
 from organseg.phantom.tones import HU_RANGES, PHASES, SHIFTED, hu_ranges, sample_tones
-from organseg.phantom.writer import case_seed
+from organseg.phantom.writer import MIXED, case_seed
 from organseg.pictures import save_overlay_png
 from organseg.preprocess.orientation import canonical_transform
 
@@ -331,6 +331,11 @@ def test_mixed_phases_are_drawn_per_case_reproducibly_and_listed(tmp_path) -> No
 
 
 def test_cli_phantom_phase_choices_are_the_generator_s(tmp_path, capsys) -> None:
+    # The parser names them itself (importing the generator would slow every command's start).
+    phantom = build_parser()._subparsers._group_actions[0].choices["phantom"]
+    options = {action.dest: action.choices for action in phantom._actions}
+    assert tuple(options["phase"]) == (*PHASES, MIXED)
+    assert tuple(options["fov"]) == (*FIELDS_OF_VIEW, MIXED)
     assert main(["phantom", str(tmp_path / "p"), "--labeled", "1", "--phase", "non-contrast"]) == 0
     meta = json.loads((tmp_path / "p" / "dataset.json").read_text())
     assert meta["contrast_phases"] == {"phantom_001": "non-contrast"}

@@ -102,12 +102,12 @@ def _gradients_finite(run: StageRun, state: StageState) -> bool:
     One NaN or infinite gradient would make the weights NaN for the rest of the run. They
     come from numerical faults, not from the data: seen on a CPU as a rare NaN in the weight
     gradient of one bf16 convolution, on a few-voxel grid, the same step computing finite
-    gradients in other runs. A gradient scaler (fp16) makes the same check itself.
+    gradients in other runs. A gradient scaler (fp16) makes the same check itself. The
+    check costs one host sync per step; the next step clears the skipped gradients.
     """
     gradients = [parameter.grad for parameter in state.model.parameters() if parameter.grad is not None]
     if not gradients or bool(torch.isfinite(torch.nn.utils.get_total_norm(gradients))):
         return True
-    state.optimizer.zero_grad(set_to_none=True)
     log.warning("%s: a step's gradients are not finite (a numerical fault); the step is skipped", run.name)
     return False
 

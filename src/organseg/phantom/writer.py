@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -22,7 +23,7 @@ SPLITS = {
     "test": ("imagesTs", "labelsTs", "phantom_t{:03d}"),
     "partial": ("imagesTr", "labelsTr", "phantom_p{:03d}"),
 }
-MIXED = "mixed"  # a contrast phase drawn per case
+MIXED = "mixed"  # a contrast phase or field of view drawn per case
 # A partially labeled case annotates this many organs, drawn at random (FLARE 2023's
 # partially labeled scans mostly carry one to a few organs).
 PARTIAL_ORGANS = (1, 4)
@@ -76,16 +77,14 @@ def write_dataset(
         raise InputError(f"{out}: already exists and is not empty; choose a new folder or empty this one")
     if dicom is not None and dicom not in (*ORIENTATIONS, "mixed"):
         raise InputError(f"unknown DICOM orientation {dicom!r}; choose one of {', '.join(ORIENTATIONS)} or mixed")
-    if phase not in (*PHASES, MIXED):
-        raise InputError(f"unknown contrast phase {phase!r}; choose one of {', '.join(PHASES)} or {MIXED}")
-    if field_of_view not in (*FIELDS_OF_VIEW, MIXED):
-        raise InputError(
-            f"unknown field of view {field_of_view!r}; choose one of {', '.join(FIELDS_OF_VIEW)} or {MIXED}"
-        )
+    looks = {"phase": phase, "field_of_view": field_of_view}
+    for look, value in looks.items():
+        if value not in (*LOOKS[look].choices, MIXED):
+            choices = ", ".join(LOOKS[look].choices)
+            raise InputError(f"unknown {LOOKS[look].what} {value!r}; choose one of {choices} or {MIXED}")
     if seed < 0 or min(counts.values()) < 0:
         raise InputError(f"seed and case counts must be >= 0, got seed {seed}, counts {counts}")
     with atomic_folder(out) as staging:
-        looks = {"phase": phase, "field_of_view": field_of_view}
         _write_cases(staging, counts, seed, shape, dicom, looks)
         _write_dataset_json(staging, counts, seed, looks)
     return out
@@ -118,11 +117,19 @@ def _write_cases(root: Path, counts: dict[str, int], seed: int, shape, dicom: st
             write_label(label_map.array, label_map.geometry, root / labels / f"{name}.nii.gz")
 
 
-# What a case may look like, beside its anatomy: generate_case's argument, its choices, its default,
-# the dataset.json entry naming each case's when not the default, and the seed key of "mixed".
+class Look(NamedTuple):
+    """What a case may look like beside its anatomy, keyed in LOOKS by generate_case's argument."""
+
+    what: str  # its name in messages
+    choices: tuple[str, ...]
+    default: str
+    entry: str  # the dataset.json entry naming each case's, when not the default
+    seed_key: int  # of the draw for "mixed"
+
+
 LOOKS = {
-    "phase": (PHASES, PORTAL_VENOUS, "contrast_phases", 2),
-    "field_of_view": (tuple(FIELDS_OF_VIEW), UPPER_ABDOMEN, "fields_of_view", 3),
+    "phase": Look("contrast phase", PHASES, PORTAL_VENOUS, "contrast_phases", 2),
+    "field_of_view": Look("field of view", tuple(FIELDS_OF_VIEW), UPPER_ABDOMEN, "fields_of_view", 3),
 }
 
 
@@ -130,7 +137,7 @@ def case_look(seed: int, split: str, index: int, look: str, value: str) -> str:
     """Case `index` of `split`'s `look` (a key of LOOKS): `value`, or for "mixed" a choice drawn for the case."""
     if value != MIXED:
         return value
-    choices, _, _, key = LOOKS[look]
+    choices, key = LOOKS[look].choices, LOOKS[look].seed_key
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(list(SPLITS).index(split), index, key)))
     return choices[int(rng.integers(len(choices)))]
 
@@ -159,9 +166,8 @@ def _write_dataset_json(root: Path, counts: dict[str, int], seed: int, looks: di
             for index in range(1, counts["partial"] + 1)
         }
     for look, value in looks.items():
-        _, default, entry, _ = LOOKS[look]
-        if value != default:
-            meta[entry] = {
+        if value != LOOKS[look].default:
+            meta[LOOKS[look].entry] = {
                 SPLITS[split][2].format(index): case_look(seed, split, index, look, value)
                 for split, count in counts.items()
                 for index in range(1, count + 1)
