@@ -122,16 +122,21 @@ def print_tables(results: dict) -> None:
             print(f"| {seed} | {training} | {cells} |")
     seeds = [row for row in results["seeds"].values() if set(TRAININGS) <= set(row)]
     for better, base in (("mixed", "portal-venous"), ("mixed, pelvis", "portal-venous"), ("mixed, pelvis", "mixed")):
-        print(f"\npaired differences of mean DSC, {better} minus {base}; per seed; mean +- sd\n")
-        for column in columns:
-            differences = [row[better]["mean_dsc"][column] - row[base]["mean_dsc"][column] for row in seeds]
-            spread = np.std(differences, ddof=1) if len(differences) > 1 else 0.0
-            listed = ", ".join(f"{value:+.3f}" for value in differences)
-            print(f"- {column}: {listed}; {np.mean(differences):+.3f} +- {spread:.3f}")
+        print_paired(seeds, better, base, columns, "mean_dsc")
     print(f"\nts_abdomen per organ (mean over seeds): {' / '.join(TRAININGS)}\n")
     for organ in seeds[0]["mixed"]["ts_abdomen_organs"]:
         values = [np.mean([row[t]["ts_abdomen_organs"][organ] for row in seeds]) for t in TRAININGS]
         print(f"- {organ}: " + " / ".join(f"{value:.3f}" for value in values))
+
+
+def print_paired(seeds: list[dict], better: str, base: str, columns: list[str], key: str) -> None:
+    """Per-seed differences of `better` minus `base` in each column of row[arm][key], and their mean +- sd."""
+    print(f"\npaired differences of mean DSC, {better} minus {base}; per seed; mean +- sd\n")
+    for column in columns:
+        differences = [row[better][key][column] - row[base][key][column] for row in seeds]
+        spread = np.std(differences, ddof=1) if len(differences) > 1 else 0.0
+        listed = ", ".join(f"{value:+.3f}" for value in differences)
+        print(f"- {column}: {listed}; {np.mean(differences):+.3f} +- {spread:.3f}")
 
 
 if __name__ == "__main__":

@@ -210,8 +210,8 @@ def test_fully_labeled_cases_keep_their_share_of_every_batch() -> None:
 
     from organseg.batches import draw_batch
 
-    full = [SimpleNamespace(pseudo=False, annotated=None, name=f"f{i}") for i in range(2)]
-    partial = [SimpleNamespace(pseudo=False, annotated=(1,), name=f"p{i}") for i in range(12)]
+    full = [SimpleNamespace(pseudo=False, annotated=None, synthetic=False, name=f"f{i}") for i in range(2)]
+    partial = [SimpleNamespace(pseudo=False, annotated=(1,), synthetic=False, name=f"p{i}") for i in range(12)]
     rng = np.random.default_rng(0)
     drawn = [case.name for _ in range(400) for case in draw_batch(full + partial, 2, 0.5, rng)]
     assert sum(name.startswith("f") for name in drawn) == 400  # one of each batch of 2, not 2 in 14

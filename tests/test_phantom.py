@@ -16,7 +16,7 @@ from organseg.labels import FLARE22
 from organseg.phantom import generate_case, write_dataset
 from organseg.phantom.body import sample_body
 from organseg.phantom.case import FIELDS_OF_VIEW, _make_canvas
-from organseg.phantom.tones import HU_RANGES, PHASES, SHIFTED, hu_ranges, sample_tones
+from organseg.phantom.tones import APPEARANCES, HU_RANGES, PHASES, RANDOM_HU, SHIFTED, hu_ranges, sample_tones
 from organseg.phantom.writer import MIXED, case_seed
 from organseg.pictures import save_overlay_png
 from organseg.preprocess.orientation import canonical_transform
@@ -331,11 +331,12 @@ def test_mixed_phases_are_drawn_per_case_reproducibly_and_listed(tmp_path) -> No
 
 
 def test_cli_phantom_phase_choices_are_the_generator_s(tmp_path, capsys) -> None:
-    # The parser names them itself (importing the generator would slow every command's start).
+    # The parser takes them from organseg.config (importing the generator would slow every command's start).
     phantom = build_parser()._subparsers._group_actions[0].choices["phantom"]
     options = {action.dest: action.choices for action in phantom._actions}
     assert tuple(options["phase"]) == (*PHASES, MIXED)
     assert tuple(options["fov"]) == (*FIELDS_OF_VIEW, MIXED)
+    assert tuple(options["appearance"]) == (*APPEARANCES, MIXED)
     assert main(["phantom", str(tmp_path / "p"), "--labeled", "1", "--phase", "non-contrast"]) == 0
     meta = json.loads((tmp_path / "p" / "dataset.json").read_text())
     assert meta["contrast_phases"] == {"phantom_001": "non-contrast"}
@@ -373,6 +374,39 @@ def test_an_abdomen_pelvis_field_reaches_far_below_the_organs_with_as_thick_slic
         assert set(np.unique(upper_labels.array)) == set(np.unique(pelvis_labels.array))
 
 
+def test_an_abdomen_pelvis_field_shows_hip_bones_and_a_bladder_and_the_upper_abdomen_none() -> None:
+    for seed in range(3):
+        lower = {}
+        for field in FIELDS_OF_VIEW:
+            image, labels = generate_case(seed, (96, 96, 120), reorient=False, drop_organs=False, field_of_view=field)
+            array, labels, _ = canonical(image, labels)
+            organ_slices = np.flatnonzero(labels.any(axis=(0, 1)))
+            lower[field] = array[:, :, : organ_slices.min()]  # below every organ
+        pelvis, upper = lower["abdomen-pelvis"], lower["upper-abdomen"]
+        lateral = np.abs(np.arange(96) - 47.5) > 20  # the spine lies near the midline
+        assert (pelvis[lateral] > 400).sum() > 200, seed  # iliac wings, hip joints
+        assert not (upper[lateral] > 400).any(), seed  # nothing of the pelvis above the crests
+
+
+def test_the_bladder_is_water_in_front_of_the_pelvic_cavity_and_the_hips_lie_to_the_sides() -> None:
+    from organseg.phantom.body import paint_wall
+    from organseg.phantom.pelvis import paint_pelvis
+
+    tones = {**sample_tones(np.random.default_rng(0)), "csf": 1001.0, "cortical bone": 2002.0}
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        body = sample_body(rng)
+        canvas = _make_canvas(rng, (64, 64, 80), body, FIELDS_OF_VIEW["abdomen-pelvis"])
+        paint_wall(canvas, body, tones)
+        paint_pelvis(canvas, rng, body, tones)
+        position = canvas.first_mm + canvas.step_mm * np.argwhere(np.abs(canvas.hu - 1001) < 30)
+        assert len(position) * np.prod(canvas.step_mm) > 30_000  # mm^3: a bladder, not a bowel loop
+        x, y, z = position.mean(axis=0)
+        assert abs(x) < 20 and y < -15 and z < -200  # midline, in front, deep in the pelvis
+        bone = canvas.first_mm + canvas.step_mm * np.argwhere(np.abs(canvas.hu - 2002) < 300)
+        assert (bone[:, 0] < -60).any() and (bone[:, 0] > 60).any() and bone[:, 2].max() < -100
+
+
 def test_fields_of_view_mix_per_case_and_are_listed(tmp_path) -> None:
     root = write_dataset(tmp_path / "a", labeled=6, unlabeled=0, test=0, seed=1, field_of_view="mixed", phase="mixed")
     meta = json.loads((root / "dataset.json").read_text())
@@ -390,3 +424,34 @@ def test_fields_of_view_mix_per_case_and_are_listed(tmp_path) -> None:
     assert json.loads((tmp_path / "c" / "dataset.json").read_text())["fields_of_view"] == {
         "phantom_001": "abdomen-pelvis"
     }
+
+
+# --- random appearance ---------------------------------------------------------------------------
+
+
+def test_a_random_appearance_keeps_the_anatomy_and_draws_every_tissue_s_intensity_anew(tmp_path) -> None:
+    medians = {organ: [] for organ in ("liver", "spleen", "right kidney", "aorta")}
+    for seed in range(6):
+        realistic, labels = generate_case(seed, SHAPE, drop_organs=False)
+        random, random_labels = generate_case(seed, SHAPE, drop_organs=False, appearance="random")
+        again, _ = generate_case(seed, SHAPE, drop_organs=False, appearance="random")
+        assert np.array_equal(labels.array, random_labels.array) and labels.geometry == random_labels.geometry
+        assert np.array_equal(random.array, again.array) and not np.array_equal(random.array, realistic.array)
+        for organ in medians:
+            medians[organ].append(float(np.median(random.array[labels.array == ID[organ]])))
+        outside = random.array[(labels.array == 0)]
+        assert (outside < -900).any()  # air stays air
+    low, high = RANDOM_HU
+    for organ, values in medians.items():
+        assert all(low - 60 <= value <= high + 60 for value in values), (organ, values)
+        assert np.ptp(values) > 150, (organ, values)  # no organ keeps a typical intensity
+    # The liver is brighter than the spleen in some cases and darker in others.
+    order = np.sign(np.subtract(medians["liver"], medians["spleen"]))
+    assert {-1.0, 1.0} <= set(order)
+    with pytest.raises(ValueError, match="unknown appearance"):
+        generate_case(0, SHAPE, appearance="synthseg")
+    root = write_dataset(tmp_path / "a", labeled=6, unlabeled=0, test=0, seed=2, appearance="mixed")
+    appearances = json.loads((root / "dataset.json").read_text())["appearances"]
+    assert set(appearances.values()) == set(APPEARANCES)
+    assert main(["phantom", str(tmp_path / "b"), "--labeled", "1", "--appearance", "random"]) == 0
+    assert json.loads((tmp_path / "b" / "dataset.json").read_text())["appearances"] == {"phantom_001": "random"}

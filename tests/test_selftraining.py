@@ -37,8 +37,8 @@ TINY = ["stage1.epochs=2", "stage2.epochs=2"]
 
 
 def _pool(labeled: int, pseudo: int) -> list[SimpleNamespace]:
-    return [SimpleNamespace(pseudo=False, annotated=None, index=i) for i in range(labeled)] + [
-        SimpleNamespace(pseudo=True, annotated=None, index=labeled + i) for i in range(pseudo)
+    return [SimpleNamespace(pseudo=False, annotated=None, synthetic=False, index=i) for i in range(labeled)] + [
+        SimpleNamespace(pseudo=True, annotated=None, synthetic=False, index=labeled + i) for i in range(pseudo)
     ]
 
 

@@ -72,7 +72,8 @@ class Sampler:
     def draw_step(self, batch_size: int, rng: np.random.Generator, generator: torch.Generator) -> list[SampleDraw]:
         """One step's draws: the cases first, then each sample's box and augmentation, in one process's order."""
         draws = []
-        for index in _draw_indices(self.cases, batch_size, self.config.ssl.labeled_fraction, rng):
+        shares = (self.config.ssl.labeled_fraction, self.config.synthetic.share)
+        for index in _draw_indices(self.cases, batch_size, shares, rng):
             box = draw_train_box(self.config, rng) if self.stage == "stage2" else None
             settings = augment_settings(self.config, self.cases[index])
             params = draw_params(settings, generator) if settings.enabled else None
@@ -156,32 +157,52 @@ def augment_settings(config: Config, case: PreparedCase) -> AugmentConfig:
 
 
 def draw_batch(
-    cases: list[PreparedCase], batch_size: int, labeled_fraction: float, rng: np.random.Generator
+    cases: list[PreparedCase],
+    batch_size: int,
+    labeled_fraction: float,
+    rng: np.random.Generator,
+    synthetic_share: float = 0.0,
 ) -> list[PreparedCase]:
     """The cases of one mini-batch.
 
-    Cases fully labeled by a person form one pool; pseudo-labeled and partially labeled
-    cases the other. Without the second (or with `labeled_fraction` 0), uniformly from all.
-    With it, floor(f * B) samples come from the fully labeled cases and one more with
-    probability frac(f * B), so on average exactly a share f of the samples is fully
-    labeled at any batch size, however many other cases there are (the paper's batches of
-    4 drew uniformly, and its pseudo-labels crowded the labeled cases out; partial labels
-    would crowd them out the same way).
+    Phantoms (organseg.synthetic) beside real cases: a share `synthetic_share` of the
+    samples comes from the phantoms, the rest from the real cases by the rule below.
+    Among the real cases, those fully labeled by a person form one pool; pseudo-labeled and
+    partially labeled cases the other. Without the second (or with `labeled_fraction` 0),
+    uniformly from all. With it, a share `labeled_fraction` comes from the fully labeled.
+
+    A share f of B samples is floor(f * B) samples and one more with probability
+    frac(f * B), so on average exactly f at any batch size, however many cases each pool
+    has (the paper's batches of 4 drew uniformly, and its pseudo-labels crowded the labeled
+    cases out; partial labels or many phantoms would crowd them out the same way).
     """
-    return [cases[index] for index in _draw_indices(cases, batch_size, labeled_fraction, rng)]
+    indices = _draw_indices(cases, batch_size, (labeled_fraction, synthetic_share), rng)
+    return [cases[index] for index in indices]
 
 
 def _draw_indices(
-    cases: list[PreparedCase], batch_size: int, labeled_fraction: float, rng: np.random.Generator
+    cases: list[PreparedCase], batch_size: int, shares: tuple[float, float], rng: np.random.Generator
 ) -> list[int]:
-    """`draw_batch` as indices into `cases`."""
+    """`draw_batch` as indices into `cases`; `shares`: (labeled_fraction, synthetic_share)."""
+    labeled_fraction, synthetic_share = shares
+    synthetic = [i for i, case in enumerate(cases) if case.synthetic]
+    if synthetic and len(synthetic) < len(cases):
+        real = [i for i, case in enumerate(cases) if not case.synthetic]
+        count = _share_of(synthetic_share, batch_size, rng)
+        chosen = _draw_indices([cases[i] for i in real], batch_size - count, (labeled_fraction, 0.0), rng)
+        return _pick(synthetic, count, rng) + [real[i] for i in chosen]
     labeled = [i for i, case in enumerate(cases) if not case.pseudo and case.annotated is None]
     pseudo = [i for i, case in enumerate(cases) if case.pseudo or case.annotated is not None]
     if not pseudo or not labeled or labeled_fraction == 0:
         return _pick(list(range(len(cases))), batch_size, rng)
-    expected = labeled_fraction * batch_size
-    count = int(expected) + int(rng.random() < expected - int(expected))
+    count = _share_of(labeled_fraction, batch_size, rng)
     return _pick(labeled, count, rng) + _pick(pseudo, batch_size - count, rng)
+
+
+def _share_of(share: float, batch_size: int, rng: np.random.Generator) -> int:
+    """floor(share * B), plus one with probability frac(share * B)."""
+    expected = share * batch_size
+    return int(expected) + int(rng.random() < expected - int(expected))
 
 
 def _pick(indices: list[int], count: int, rng: np.random.Generator) -> list[int]:

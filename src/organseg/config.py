@@ -22,7 +22,7 @@ import typing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from organseg.config_checks import config_problems
+from organseg.config_checks import MIXED, augment_problems, config_problems
 from organseg.errors import InputError
 
 # The CT clipping window before z-scoring: wide enough for fat (about -100 HU) and for
@@ -129,17 +129,9 @@ class AugmentConfig:
     image_fill: float | None = None  # image value outside the patch; None repeats the border
 
     def __post_init__(self) -> None:
-        for name, value in vars(self).items():
-            if name.endswith("_p") and not 0.0 <= value <= 1.0:
-                raise ValueError(f"augmentation {name} must be a probability in [0, 1], got {value}")
-            if name.endswith(("_range", "_range_vox")) and not 0.0 < value[0] <= value[1]:
-                raise ValueError(f"augmentation {name} must be (low, high) with 0 < low <= high, got {value}")
-        if not set(self.mirror_axes) <= {0, 1, 2}:
-            raise ValueError(f"augmentation mirror_axes must be a subset of (0, 1, 2), got {self.mirror_axes}")
-        if self.elastic_control_points < 2:
-            raise ValueError(f"augmentation elastic_control_points must be >= 2, got {self.elastic_control_points}")
-        if min(self.rotation_max_deg, self.elastic_magnitude_vox, self.brightness_std, self.noise_max_std) < 0:
-            raise ValueError("augmentation magnitudes (rotation, elastic, brightness, noise) must be >= 0")
+        problems = augment_problems(self)
+        if problems:
+            raise ValueError(problems[0])
 
 
 @dataclass(frozen=True)
@@ -182,6 +174,20 @@ class SelfTrainingConfig:
 
 
 @dataclass(frozen=True)
+class SyntheticConfig:
+    """Phantoms that join a dataset's labeled cases in training (organseg.synthetic)."""
+
+    phantoms: int = 0  # generated phantom cases added to the training cases; 0: none
+    # This share of every batch's samples comes from the phantoms when real cases train
+    # too (batch 2 and 0.5: one of each per step), however many of either there are.
+    share: float = 0.5
+    weight: float = 1.0  # loss weight of a phantom sample (a real labeled one weighs 1)
+    phase: str = MIXED  # what the phantoms look like (organseg.phantom); "mixed": one drawn per phantom
+    field_of_view: str = MIXED
+    appearance: str = "realistic"
+
+
+@dataclass(frozen=True)
 class Config:
     preset: str = "cpu"
     seed: int = 0
@@ -202,6 +208,7 @@ class Config:
     crop: CropConfig = field(default_factory=CropConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     ssl: SelfTrainingConfig = field(default_factory=SelfTrainingConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
 def _same_stages(stage: dict) -> dict:

@@ -5,9 +5,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from organseg.config import Config, SelfTrainingConfig, StageConfig
+    from organseg.config import AugmentConfig, Config, SelfTrainingConfig, StageConfig, SyntheticConfig
 
 LR_SCHEDULES = ("halving", "poly")
+# What a phantom may look like besides its anatomy (organseg.phantom draws them): named here,
+# so the settings and the command line check them without importing the generator.
+PHANTOM_PHASES = ("non-contrast", "arterial", "portal-venous", "delayed")
+PHANTOM_FIELDS_OF_VIEW = ("upper-abdomen", "abdomen-pelvis")
+PHANTOM_APPEARANCES = ("realistic", "random")
+MIXED = "mixed"  # a phase, field of view or appearance drawn per case
 
 
 def config_problems(config: Config) -> list[str]:
@@ -34,6 +40,51 @@ def config_problems(config: Config) -> list[str]:
     if config.crop.margin_mm < 0 or low < 0 or high < low or config.crop.train_shift_mm < 0:
         check("crop margins and shift must be >= 0 with train_margin_mm = [low, high], low <= high")
     problems += _ssl_problems(config.ssl)
+    problems += _synthetic_problems(config.synthetic)
+    return problems
+
+
+def augment_problems(augment: AugmentConfig) -> list[str]:
+    """What is wrong with an augmentation's settings (checked as it is made)."""
+    problems = []
+    for name, value in vars(augment).items():
+        if name.endswith("_p") and not 0.0 <= value <= 1.0:
+            problems.append(f"augmentation {name} must be a probability in [0, 1], got {value}")
+        if name.endswith(("_range", "_range_vox")) and not 0.0 < value[0] <= value[1]:
+            problems.append(f"augmentation {name} must be (low, high) with 0 < low <= high, got {value}")
+    if not set(augment.mirror_axes) <= {0, 1, 2}:
+        problems.append(f"augmentation mirror_axes must be a subset of (0, 1, 2), got {augment.mirror_axes}")
+    if augment.elastic_control_points < 2:
+        problems.append(f"augmentation elastic_control_points must be >= 2, got {augment.elastic_control_points}")
+    magnitudes = (
+        augment.rotation_max_deg,
+        augment.elastic_magnitude_vox,
+        augment.brightness_std,
+        augment.noise_max_std,
+    )
+    if min(magnitudes) < 0:
+        problems.append("augmentation magnitudes (rotation, elastic, brightness, noise) must be >= 0")
+    return problems
+
+
+def _synthetic_problems(synthetic: SyntheticConfig) -> list[str]:
+    problems = []
+    if synthetic.phantoms < 0:
+        problems.append(f"synthetic.phantoms must be >= 0, got {synthetic.phantoms}")
+    if not 0 <= synthetic.share <= 1:
+        problems.append(f"synthetic.share must be in [0, 1], got {synthetic.share}")
+    if synthetic.weight <= 0:
+        problems.append(f"synthetic.weight must be > 0, got {synthetic.weight}")
+    looks = (
+        ("phase", PHANTOM_PHASES),
+        ("field_of_view", PHANTOM_FIELDS_OF_VIEW),
+        ("appearance", PHANTOM_APPEARANCES),
+    )
+    for name, choices in looks:
+        if getattr(synthetic, name) not in (*choices, MIXED):
+            problems.append(
+                f"synthetic.{name} must be one of {', '.join((*choices, MIXED))}, got '{getattr(synthetic, name)}'"
+            )
     return problems
 
 

@@ -17,7 +17,7 @@ however many cases there are (nnU-Net preprocesses the same way):
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,10 +48,13 @@ class PreparedCase:
     weight: float = 1.0  # loss weight of this case's samples (pseudo-labels weigh less)
     pseudo: bool = False  # labeled by a model, not a person
     annotated: tuple[int, ...] | None = None  # label ids its labels annotate (partial labels); None: all
+    synthetic: bool = False  # a generated phantom (organseg.synthetic), not a scan
 
 
-def prepare_cases(cases: list[Case], cache_dir: Path, config: Config, pseudo: bool = False) -> list[PreparedCase]:
-    """Prepare (or reuse from `cache_dir`) every case; `pseudo` marks pseudo-labeled ones."""
+def prepare_cases(
+    cases: list[Case], cache_dir: Path, config: Config, pseudo: bool = False, synthetic: bool = False
+) -> list[PreparedCase]:
+    """Prepare (or reuse from `cache_dir`) every case; `pseudo` marks pseudo-labeled ones, `synthetic` phantoms."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     settings = _settings(config)
     prepared = []
@@ -59,8 +62,10 @@ def prepare_cases(cases: list[Case], cache_dir: Path, config: Config, pseudo: bo
         meta_path = cache_dir / f"{case.case_id}.json"
         if not _is_current(meta_path, settings, case):
             _write_case(case, cache_dir, config, settings)
-        weight = config.ssl.pseudo_weight if pseudo else 1.0
-        prepared.append(_load_case(cache_dir, case.case_id, weight, pseudo, case.annotated))
+        weight = config.ssl.pseudo_weight if pseudo else config.synthetic.weight if synthetic else 1.0
+        prepared.append(
+            replace(_load_case(cache_dir, case.case_id, weight, pseudo, case.annotated), synthetic=synthetic)
+        )
     return prepared
 
 

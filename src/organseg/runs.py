@@ -5,6 +5,7 @@ RUN_DIR/
   labels.json      the label map {name: id}
   splits.json      which labeled cases train and which validate
   cache/           prepared cases (see organseg.prepared)
+  phantoms/        generated phantoms training beside the cases (organseg.synthetic), if any
   stage1/, stage2/ last.pt, best.pt, log.jsonl, curve.png
 
 Under torchrun every process calls `run_training` with its `World`; rank 0 writes all of
@@ -35,6 +36,7 @@ from organseg.prepared import PreparedCase, prepare_cases
 from organseg.preprocess.crop import Box
 from organseg.shards import Shard
 from organseg.stage_state import StageRun
+from organseg.synthetic import synthetic_cases
 from organseg.train import train_stage
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ class TrainingInputs:
     split: Split | None = None  # a split the caller chose (self-training: one for every round)
     dataset_checked: bool = False  # the caller checked the dataset already (self-training: once)
     init_from: Path | None = None  # a run folder whose stages' best.pt start this run's networks
+    phantoms_dir: Path | None = None  # the run's phantoms (`synthetic.phantoms`; default RUN_DIR/phantoms)
 
 
 def run_training(
@@ -72,7 +75,7 @@ def run_training(
     torch_device = resolve_device(world.device(device))  # a bad --device: the same error in every process
     resume = config is None
     with process_group(world, torch_device):
-        config, train_cases, val_cases = world.on_main(_set_up, dataset, run_dir, config, stages, inputs)
+        config, train_cases, val_cases, phantoms = world.on_main(_set_up, dataset, run_dir, config, stages, inputs)
         if world.is_distributed and not (run_dir / "config.json").is_file():
             raise InputError(
                 f"{run_dir}: rank {world.rank} does not see the config.json rank 0 wrote; "
@@ -85,6 +88,8 @@ def run_training(
             # Pseudo-labels change from round to round: kept apart from the shared cache.
             pseudo_dir = run_dir / "cache_pseudo"
             train_prepared += _prepare(list(inputs.pseudo_cases), pseudo_dir, config, world, pseudo=True)
+        if phantoms:
+            train_prepared += _prepare(phantoms, cache_dir, config, world, synthetic=True)
         results = {}
         unlearnt = never_annotated(train_prepared, dataset.label_set)
         for stage in stages:
@@ -134,8 +139,11 @@ def never_annotated(cases: list[PreparedCase], label_set: LabelSet) -> tuple[int
 
 def _set_up(
     dataset: Dataset, run_dir: Path, config: Config | None, stages: tuple[str, ...], inputs: TrainingInputs
-) -> tuple[Config, list[Case], list[Case]]:
-    """Check the dataset, settle the settings and the split, write them: rank 0's decisions."""
+) -> tuple[Config, list[Case], list[Case], list[Case]]:
+    """Check the dataset, settle the settings and the split, write them, generate the phantoms: rank 0's decisions.
+
+    Returns the settings and the training, validation and phantom cases.
+    """
     if not inputs.dataset_checked:
         report = check_dataset(dataset)  # before anything is written
         if report.problems:
@@ -144,20 +152,21 @@ def _set_up(
     config = _run_config(run_dir, config, stages)
     train_cases, val_cases = _split(run_dir, dataset.labeled, config, resume, inputs.split)
     write_json(run_dir / "labels.json", dataset.label_set.to_json())
-    return config, train_cases, val_cases
+    phantoms = synthetic_cases(inputs.phantoms_dir or run_dir / "phantoms", config, dataset.label_set)
+    return config, train_cases, val_cases, phantoms
 
 
 def _prepare(
-    cases: list[Case], cache_dir: Path, config: Config, world: World, pseudo: bool = False
+    cases: list[Case], cache_dir: Path, config: Config, world: World, pseudo: bool = False, synthetic: bool = False
 ) -> list[PreparedCase]:
     """`prepare_cases`; under several processes each writes its share of the cache, then all read every case."""
     if not world.is_distributed:
-        return prepare_cases(cases, cache_dir, config, pseudo)
+        return prepare_cases(cases, cache_dir, config, pseudo, synthetic)
     # Disjoint shares: no two processes ever write the same case's files.
     share = Shard(world.rank, world.world_size).select(cases, key=lambda case: case.case_id)
-    prepare_cases(share, cache_dir, config, pseudo)
+    prepare_cases(share, cache_dir, config, pseudo, synthetic)
     world.barrier()
-    return prepare_cases(cases, cache_dir, config, pseudo)
+    return prepare_cases(cases, cache_dir, config, pseudo, synthetic)
 
 
 def _run_config(run_dir: Path, config: Config | None, stages: tuple[str, ...]) -> Config:

@@ -2,7 +2,8 @@
 
 RUN_DIR/
   config.json         the settings of every round
-  cache/              the labeled cases, prepared once for all rounds
+  cache/              the labeled cases (and phantoms), prepared once for all rounds
+  phantoms/           generated phantoms that train in every round (`synthetic.phantoms`), if any
   round0/             the teacher, trained on the labeled cases alone (full supervision)
   round1/pseudo/      round 0's pseudo-labels of the unlabeled images, with their manifest
   round1/partial/     with partially labeled cases: round 0's pseudo-labels of them (pseudo/)
@@ -73,7 +74,14 @@ def run_ssl(dataset: Dataset, run_dir: Path, config: Config | None, device: str 
         learnt = teacher_learnt(round_dir(run_dir, index - 1), dataset.label_set) if index else None
         pseudo = _pseudo_cases(run_dir, index, dataset, config, device, learnt)
         start = round_dir(run_dir, index - 1) if index and config.ssl.student_init == "teacher" else None
-        inputs = TrainingInputs(tuple(pseudo), run_dir / "cache", split, dataset_checked=True, init_from=start)
+        inputs = TrainingInputs(
+            tuple(pseudo),
+            run_dir / "cache",
+            split,
+            dataset_checked=True,
+            init_from=start,
+            phantoms_dir=run_dir / "phantoms",
+        )
         labeled = _completed(run_dir, index, dataset, split, config, device, learnt)
         _train_round(labeled, run_dir, index, config, inputs, device)
         rounds.append(round_summary(run_dir, index, dataset, pseudo, len(dataset.unlabeled), device))

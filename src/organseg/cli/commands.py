@@ -23,7 +23,14 @@ def run_phantom(args: argparse.Namespace) -> None:
     shape = tuple(args.shape) if args.shape else None
     counts = {"labeled": args.labeled, "unlabeled": args.unlabeled, "test": args.test, "partial": args.partial}
     root = write_dataset(
-        args.out, seed=args.seed, shape=shape, dicom=args.dicom, phase=args.phase, field_of_view=args.fov, **counts
+        args.out,
+        seed=args.seed,
+        shape=shape,
+        dicom=args.dicom,
+        phase=args.phase,
+        field_of_view=args.fov,
+        appearance=args.appearance,
+        **counts,
     )
     print(f"wrote phantom dataset to {root}")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from organseg.cli import commands
 from organseg.config import DEFAULT_PRESET, PRESETS
+from organseg.config_checks import MIXED, PHANTOM_APPEARANCES, PHANTOM_FIELDS_OF_VIEW, PHANTOM_PHASES
 
 _DEBUG_HELP = "show the traceback on errors"
 _QUIET_HELP = "show only warnings and errors (no progress bars)"
@@ -88,16 +89,24 @@ def _add_phantom(subcommands: argparse._SubParsersAction) -> None:
     command.add_argument(
         "--phase",
         default="portal-venous",
-        choices=("non-contrast", "arterial", "portal-venous", "delayed", "mixed"),
+        choices=(*PHANTOM_PHASES, MIXED),
         help="contrast phase of the cases: organ and vessel intensities from published ranges per phase; "
         "mixed draws one per case, named in dataset.json's contrast_phases (default: portal-venous)",
     )
     command.add_argument(
         "--fov",
         default="upper-abdomen",
-        choices=("upper-abdomen", "abdomen-pelvis", "mixed"),
+        choices=(*PHANTOM_FIELDS_OF_VIEW, MIXED),
         help="field of view: lung bases to below the kidneys, or on to the femoral heads; mixed draws one per "
         "case, named in dataset.json's fields_of_view (default: upper-abdomen)",
+    )
+    command.add_argument(
+        "--appearance",
+        default="realistic",
+        choices=(*PHANTOM_APPEARANCES, MIXED),
+        help="realistic: intensities of the contrast phase; random: every tissue's intensity drawn at random "
+        "(shapes, not intensities, tell the organs apart); mixed draws one per case, named in dataset.json's "
+        "appearances (default: realistic)",
     )
     command.set_defaults(handler=commands.run_phantom)
 

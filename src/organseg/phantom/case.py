@@ -9,7 +9,8 @@ from organseg.io import Volume
 from organseg.phantom import body as anatomy
 from organseg.phantom.canvas import PROTECTED, Canvas, SmoothField
 from organseg.phantom.organs import paint_organs
-from organseg.phantom.tones import PORTAL_VENOUS, sample_tones, scanner_image
+from organseg.phantom.pelvis import paint_pelvis
+from organseg.phantom.tones import APPEARANCES, PORTAL_VENOUS, REALISTIC, random_tones, sample_tones, scanner_image
 from organseg.preprocess.orientation import AxisTransform, all_axis_transforms
 
 # Default size: small, so a CPU demo can train on it.
@@ -34,6 +35,7 @@ def generate_case(
     drop_organs: bool = True,
     phase: str = PORTAL_VENOUS,
     field_of_view: str = UPPER_ABDOMEN,
+    appearance: str = REALISTIC,
 ) -> tuple[Volume, Volume]:
     """One synthetic CT (int16 HU) and its label map (uint8, FLARE22 ids) on the same Geometry.
 
@@ -50,17 +52,27 @@ def generate_case(
         field_of_view: one of FIELDS_OF_VIEW: "upper-abdomen" (lung bases to below the
             kidneys) or "abdomen-pelvis" (down to the femoral heads); the default small
             size then has proportionally more slices.
+        appearance: "realistic" (intensities of `phase`) or "random" (every tissue's mean
+            HU drawn at random, `phase` then only names the case; organseg.phantom.tones).
     """
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     header_rng, anatomy_rng, scanner_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
     if field_of_view not in FIELDS_OF_VIEW:
         raise ValueError(f"unknown field of view {field_of_view!r}; choose one of {', '.join(FIELDS_OF_VIEW)}")
+    if appearance not in APPEARANCES:
+        raise ValueError(f"unknown appearance {appearance!r}; choose one of {', '.join(APPEARANCES)}")
     shape = _case_shape(header_rng, shape, field_of_view)
     body = anatomy.sample_body(anatomy_rng)
     canvas = _make_canvas(anatomy_rng, shape, body, FIELDS_OF_VIEW[field_of_view])
     tones = sample_tones(anatomy_rng, phase)
-    _paint_background(canvas, anatomy_rng, body, tones)
+    if appearance != REALISTIC:  # drawn after the phase's, so the anatomy stays that of the seed
+        tones = random_tones(np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(4,))))
+    # The pelvis draws from a stream of its own: the rest of a seed's anatomy is the same in every field of view.
+    pelvis_rng = (
+        None if field_of_view == UPPER_ABDOMEN else np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(5,)))
+    )
+    _paint_background(canvas, anatomy_rng, body, tones, pelvis_rng)
     paint_organs(canvas, anatomy_rng, body, tones, drop_organs)
     labels = canvas.labels
     labels[labels == PROTECTED] = 0
@@ -104,14 +116,19 @@ def _make_canvas(rng: np.random.Generator, shape, body: anatomy.Body, bottom_z_m
     return Canvas(shape, first, step, displacement, amplitude, texture)
 
 
-def _paint_background(canvas: Canvas, rng: np.random.Generator, body: anatomy.Body, tones) -> None:
-    """Body wall, bones, chest, table and bowel, in the order in which they may overwrite each other."""
+def _paint_background(
+    canvas: Canvas, rng: np.random.Generator, body: anatomy.Body, tones, pelvis_rng: np.random.Generator | None
+) -> None:
+    """Body wall, bones, chest, table, pelvis (with `pelvis_rng`) and bowel, in the order in which they may
+    overwrite each other."""
     anatomy.paint_wall(canvas, body, tones)
     anatomy.paint_back_muscles(canvas, body, tones)
     anatomy.paint_spine(canvas, rng, body, tones)
     anatomy.paint_ribs(canvas, rng, body, tones)
     anatomy.paint_chest(canvas, rng, body, tones)
     anatomy.paint_table(canvas, body, tones)
+    if pelvis_rng is not None:
+        paint_pelvis(canvas, pelvis_rng, body, tones)
     anatomy.paint_bowel(canvas, rng, body, tones)
 
 

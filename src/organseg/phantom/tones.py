@@ -5,10 +5,20 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from organseg.config_checks import PHANTOM_APPEARANCES, PHANTOM_PHASES
+
 # The contrast phases a phantom can show. A model that has seen one phase only meets the
 # others' unenhanced vessels and corticomedullary kidneys as something new.
-PHASES = ("non-contrast", "arterial", "portal-venous", "delayed")
+PHASES = PHANTOM_PHASES
 PORTAL_VENOUS = "portal-venous"
+# "realistic": each tissue's HU from its phase's range; "random": every tissue but air gets
+# a mean drawn anywhere in RANDOM_HU, independently, as SynthSeg randomises its synthetic
+# MRI: a network that cannot rely on intensities must learn shapes and context, which
+# transfer to scans whose contrast it never saw.
+APPEARANCES = PHANTOM_APPEARANCES
+REALISTIC = "realistic"
+# The soft-tissue window the networks see (organseg.config.CT_WINDOW_HU), a little inside it.
+RANDOM_HU = (-180.0, 380.0)
 
 # (low, high) mean HU per tissue in the portal-venous phase (about 70 s after injection);
 # each case draws its means from these ranges.
@@ -150,6 +160,11 @@ def sample_tones(rng: np.random.Generator, phase: str = PORTAL_VENOUS) -> dict[s
         offset = rng.uniform(-15, 15) if name in SHIFTED else 0.0
         tones[name] = float(rng.uniform(low, high) + offset)
     return tones
+
+
+def random_tones(rng: np.random.Generator) -> dict[str, float]:
+    """Mean HU of every tissue drawn independently in RANDOM_HU (air stays air): the random appearance."""
+    return {name: -1000.0 if name == "air" else float(rng.uniform(*RANDOM_HU)) for name in HU_RANGES}
 
 
 def scanner_image(hu: np.ndarray, rng: np.random.Generator) -> np.ndarray:

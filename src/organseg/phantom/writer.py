@@ -8,12 +8,13 @@ from typing import NamedTuple
 import numpy as np
 
 from organseg.atomic import atomic_folder, write_json
+from organseg.config_checks import MIXED
 from organseg.errors import InputError
 from organseg.io import Volume, write_label, write_volume
 from organseg.labels import FLARE22
 from organseg.phantom.case import FIELDS_OF_VIEW, UPPER_ABDOMEN, generate_case
 from organseg.phantom.orientations import ORIENTATIONS, orient
-from organseg.phantom.tones import PHASES, PORTAL_VENOUS
+from organseg.phantom.tones import APPEARANCES, PHASES, PORTAL_VENOUS, REALISTIC
 from organseg.progress import progress_bar
 
 # split: (image folder, label folder or None, case name pattern); the order fixes each split's seed key.
@@ -23,7 +24,6 @@ SPLITS = {
     "test": ("imagesTs", "labelsTs", "phantom_t{:03d}"),
     "partial": ("imagesTr", "labelsTr", "phantom_p{:03d}"),
 }
-MIXED = "mixed"  # a contrast phase or field of view drawn per case
 # A partially labeled case annotates this many organs, drawn at random (FLARE 2023's
 # partially labeled scans mostly carry one to a few organs).
 PARTIAL_ORGANS = (1, 4)
@@ -46,6 +46,7 @@ def write_dataset(
     partial: int = 0,
     phase: str = PORTAL_VENOUS,
     field_of_view: str = UPPER_ABDOMEN,
+    appearance: str = REALISTIC,
 ) -> Path:
     """Write an nnU-Net v2 raw dataset; returns the folder.
 
@@ -70,6 +71,9 @@ def write_dataset(
         field_of_view: that of every case (organseg.phantom.case.FIELDS_OF_VIEW), or
             "mixed" for one drawn per case; other than the upper-abdomen default,
             dataset.json's `fields_of_view` names each case's.
+        appearance: "realistic", "random" (every tissue's intensity drawn at random, see
+            organseg.phantom.tones) or "mixed"; other than realistic, dataset.json's
+            `appearances` names each case's.
     """
     out = Path(out)
     counts = {"train": labeled, "unlabeled": unlabeled, "test": test, "partial": partial}
@@ -77,7 +81,7 @@ def write_dataset(
         raise InputError(f"{out}: already exists and is not empty; choose a new folder or empty this one")
     if dicom is not None and dicom not in (*ORIENTATIONS, "mixed"):
         raise InputError(f"unknown DICOM orientation {dicom!r}; choose one of {', '.join(ORIENTATIONS)} or mixed")
-    looks = {"phase": phase, "field_of_view": field_of_view}
+    looks = {"phase": phase, "field_of_view": field_of_view, "appearance": appearance}
     for look, value in looks.items():
         if value not in (*LOOKS[look].choices, MIXED):
             choices = ", ".join(LOOKS[look].choices)
@@ -130,6 +134,7 @@ class Look(NamedTuple):
 LOOKS = {
     "phase": Look("contrast phase", PHASES, PORTAL_VENOUS, "contrast_phases", 2),
     "field_of_view": Look("field of view", tuple(FIELDS_OF_VIEW), UPPER_ABDOMEN, "fields_of_view", 3),
+    "appearance": Look("appearance", APPEARANCES, REALISTIC, "appearances", 4),
 }
 
 
