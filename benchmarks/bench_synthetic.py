@@ -1,9 +1,11 @@
 """One real labeled CT with phantoms, against the real CT alone and against phantoms alone.
 
-    python benchmarks/bench_synthetic.py OUT [--seeds 0 1 2] [--phantoms 8]
+    python benchmarks/bench_synthetic.py OUT [--seeds 0 1 2] [--phantoms 8] [--arms ...] [--schedule demo|long]
 
-Per seed, four trainings (ARMS) with the demo's schedule for its teacher (the `cpu`
-preset's networks, 80 stage-1 and 300 stage-2 steps of batch 2, no validation case):
+Per seed, four trainings (ARMS), by default with the demo's schedule for its teacher
+(the `cpu` preset's networks, 80 stage-1 and 300 stage-2 steps of batch 2, no
+augmentation of labeled samples); `--schedule long` trains the `cpu` preset itself
+(augmentation, deep supervision, poly schedule) for 400 and 4000 steps. No validation case:
 
 - "real": the shared real `ts_abdomen` alone (non-contrast abdomen-pelvis CT, declared
   without the esophagus, which its field of view lacks);
@@ -47,7 +49,16 @@ from organseg.synthetic import phantom_seed
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "real"
 ARMS = ("real", "real + phantoms", "phantoms", "phantoms, mixed appearance")
-SCHEDULE = ["validation_cases=0"]
+SCHEDULES = {
+    "demo": DEMO_SETTINGS,
+    "long": [
+        "stage1.epochs=50",
+        "stage1.iterations_per_epoch=8",
+        "stage1.lr_halving_epochs=20",
+        "stage2.epochs=80",
+        "stage2.iterations_per_epoch=50",
+    ],
+}
 
 
 def main() -> None:
@@ -55,26 +66,31 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--phantoms", type=int, default=8)
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    parser.add_argument("--schedule", choices=tuple(SCHEDULES), default="demo")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {"machine": machine(), "seeds": {}}
-    results["phantoms"] = args.phantoms
+    results.update(phantoms=args.phantoms, schedule=args.schedule)
     for seed in args.seeds:
         row = results["seeds"].setdefault(str(seed), {})
-        for arm in ARMS:
+        for arm in args.arms:
             if arm not in row:
-                row[arm] = one_arm(args.out / f"seed{seed}", seed, arm, args.phantoms)
+                row[arm] = one_arm(args.out / f"seed{seed}", seed, arm, (args.phantoms, args.schedule))
                 results_path.write_text(json.dumps(results, indent=2))
     print_tables(results)
 
 
-def one_arm(folder: Path, seed: int, arm: str, phantoms: int) -> dict:
+def one_arm(folder: Path, seed: int, arm: str, setting: tuple[int, str]) -> dict:
+    """Train `arm` of `seed`; `setting`: the number of phantoms and the schedule."""
+    phantoms, schedule = setting
     count = phantoms if arm == "real + phantoms" else 0
-    config = resolve_config("cpu", overrides=[*DEMO_SETTINGS, f"seed={seed}", *SCHEDULE, f"synthetic.phantoms={count}"])
+    overrides = [*SCHEDULES[schedule], f"seed={seed}", "validation_cases=0", f"synthetic.phantoms={count}"]
+    config = resolve_config("cpu", overrides=overrides)
+    started = time.perf_counter()  # generating the phantoms counts: a user waits for it too
     data = _real_dataset(folder / "real") if arm.startswith("real") else _phantoms(folder, config, phantoms, arm)
     run_dir = folder / f"run_{arm.replace(' + ', '_').replace(', ', '_').replace(' ', '_')}"
-    started = time.perf_counter()
     if not (run_dir / "stage2" / "last.pt").exists():
         shutil.rmtree(run_dir, ignore_errors=True)
         run_training(discover_dataset(data), run_dir, config)
@@ -142,14 +158,16 @@ def print_tables(results: dict) -> None:
         for arm in (a for a in ARMS if a in row):
             cells = " | ".join(f"{row[arm]['scores'][column]:.3f}" for column in columns)
             print(f"| {seed} | {arm} | {cells} | {row[arm]['train_minutes']} |")
-    seeds = [row for row in results["seeds"].values() if set(ARMS) <= set(row)]
+    seeds = list(results["seeds"].values())
+    present = [arm for arm in ARMS if all(arm in row for row in seeds)]
     pairs = (("real + phantoms", "real"), ("real + phantoms", "phantoms"), ("phantoms, mixed appearance", "phantoms"))
     for better, base in pairs:
-        print_paired(seeds, better, base, columns, "scores")
-    if seeds:
-        print(f"\nts_abdomen per organ (mean over seeds): {' / '.join(ARMS)}\n")
-        for organ in seeds[0]["phantoms"]["ts_abdomen_organs"]:
-            values = [np.mean([row[arm]["ts_abdomen_organs"].get(organ, np.nan) for row in seeds]) for arm in ARMS]
+        if better in present and base in present:
+            print_paired(seeds, better, base, columns, "scores")
+    if present:
+        print(f"\nts_abdomen per organ (mean over seeds): {' / '.join(present)}\n")
+        for organ in seeds[0][present[0]]["ts_abdomen_organs"]:
+            values = [np.mean([row[arm]["ts_abdomen_organs"].get(organ, np.nan) for row in seeds]) for arm in present]
             print(f"- {organ}: " + " / ".join(f"{value:.3f}" for value in values))
 
 

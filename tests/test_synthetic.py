@@ -55,6 +55,8 @@ def test_phantoms_are_written_once_with_the_dataset_s_ids_and_remade_when_settin
     assert len(synthetic_cases(folder, more, OWN)) == 3
     assert json.loads((folder / "settings.json").read_text())["phantoms"] == 3
     assert synthetic_cases(tmp_path / "none", resolve_config("tiny"), OWN) == []
+    with pytest.raises(InputError, match="draw none of this dataset's organs"):
+        synthetic_cases(tmp_path / "none", config, LabelSet(((1, "tumour"),)))
     assert not (tmp_path / "none").exists()
     # Their seed is the run's, and not that of a phantom dataset of the same seed.
     assert phantom_seed(config) != config.seed and phantom_seed(config) == phantom_seed(resolve_config("tiny"))

@@ -25,6 +25,7 @@ import numpy as np
 from organseg.atomic import atomic_folder, write_json
 from organseg.config import Config
 from organseg.dataset import Case
+from organseg.errors import InputError
 from organseg.io import read_label, write_label
 from organseg.labels import FLARE22, LabelSet, organ_code
 from organseg.phantom import write_dataset
@@ -40,11 +41,17 @@ def synthetic_cases(folder: Path, config: Config, label_set: LabelSet) -> list[C
     """The run's phantoms as labeled cases, written to `folder` unless already there; [] for none."""
     if config.synthetic.phantoms == 0:
         return []
+    annotated = phantom_annotated(label_set)
+    if annotated == ():
+        names = ", ".join(name for _, name in label_set.names)
+        raise InputError(
+            f"synthetic.phantoms: the phantoms draw none of this dataset's organs ({names}); "
+            "they only draw the 13 FLARE22 organs, so set synthetic.phantoms=0"
+        )
     folder = Path(folder)
     settings = _settings(config, label_set)
     if not _is_current(folder, settings):
         _write(folder, settings, label_set)
-    annotated = phantom_annotated(label_set)
     return [
         Case(f"{PREFIX}{label.name.removesuffix('.nii.gz')}", _image_of(label), label, annotated)
         for label in sorted((folder / "labelsTr").glob("*.nii.gz"))
