@@ -38,6 +38,7 @@ A process that fails ends with its error; torchrun then stops the others.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -209,8 +210,12 @@ def process_group(world: World, device: torch.device) -> Iterator[None]:
         _CONTROL_GROUPS["cpu"] = dist.new_group(backend="gloo")
     try:
         yield
+        dist.barrier()  # no process tears its connections down while another still uses them
     finally:
         _CONTROL_GROUPS.clear()
+        # DistributedDataParallel wrappers live in reference cycles: collected at interpreter
+        # exit, after the group is gone, their destructors can abort the process (gloo's threads).
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -39,6 +39,7 @@ def paint_pelvis(canvas: Canvas, rng: np.random.Generator, body: Body, tones: di
         rng, body.place([0, -45, hip + rng.uniform(5, 35)]), rng.uniform((30, 25, 22), (55, 40, 45))
     ).level(block)
     canvas.paint(block, (bladder < 1.12) & within_wall, tones["muscle"], PROTECTED, free_only=False, texture_hu=3)
+    # Urine is water, as the spinal canal's fluid is: the same tone (and the same random one).
     canvas.paint(block, (bladder < 1) & within_wall, tones["csf"], PROTECTED, free_only=False, texture_hu=2)
     distance = np.full(x.shape, np.inf, np.float32)
     for side in SIDES:
