@@ -162,6 +162,34 @@ def test_organs_lie_where_anatomy_puts_them(cases):
         assert at["right adrenal gland"][2] > at["right kidney"][2]
 
 
+# Adult volumes on CT: liver about 1-2 l; spleen 215 +- 87 ml (P. Prassopoulos et al., Eur
+# Radiol 7 (1997) 246-248); kidney about 150 ml (E. A. Emamian et al., AJR 160 (1993) 83-86).
+ADULT_ML = {"liver": (900, 2200), "spleen": (110, 400), "right kidney": (70, 230), "left kidney": (70, 230)}
+
+
+@pytest.mark.parametrize("organ", list(ADULT_ML))
+def test_organs_have_adult_volumes(cases, organ):
+    volumes = []
+    for image, labels in cases:
+        _, label_map, geometry = canonical(image, labels)
+        volumes.append((label_map == ID[organ]).sum() * np.prod(geometry.spacing_mm) / 1000)
+    low, high = ADULT_ML[organ]
+    assert low <= np.median(volumes) <= high, f"median {organ} volume {np.median(volumes):.0f} ml"
+
+
+def test_kidneys_upper_parts_lie_beside_the_spleen_and_under_the_liver(cases):
+    """The hila lie near L1, so a network meets each kidney among the organs above it, as in real CT."""
+    shares = {"left kidney": [], "right kidney": []}
+    for image, labels in cases:
+        _, label_map, _ = canonical(image, labels)
+        slices = {organ: np.flatnonzero((label_map == ID[organ]).any(axis=(0, 1))) for organ in ID}
+        for kidney, neighbour in (("left kidney", "spleen"), ("right kidney", "liver")):
+            # The share of the kidney's height that the neighbour's height overlaps.
+            shares[kidney].append(np.isin(slices[kidney], slices[neighbour]).mean())
+    for kidney, values in shares.items():
+        assert np.median(values) >= 0.15, f"{kidney} lies below its neighbour: {values}"
+
+
 def test_organs_touch_where_real_ones_do(cases):
     touching = [("gallbladder", "liver"), ("duodenum", "pancreas"), ("esophagus", "stomach"), ("liver", "right kidney")]
     for _, labels in cases:

@@ -17,6 +17,10 @@ from organseg.phantom.shapes import ellipsoid
 NOMINAL_CAVITY_MM = (133.0, 88.0, 80.0)
 # The back rests on the table, so it is flatter and shallower than the belly.
 BACK_DEPTH = 0.93
+# Exponent of the outline behind the spine's front (a superellipse; 2 is an ellipse). The
+# squarer back leaves the paravertebral gutters beside the spine their depth: the kidneys
+# and the spleen lie there, and an elliptic back would cut them short.
+BACK_EXPONENT = 2.6
 
 
 @dataclass(frozen=True)
@@ -68,11 +72,15 @@ class Body:
         table_angle = np.linspace(-np.pi, np.pi, 721)
         table = (1 + sum(a * np.cos(k * table_angle + p) for k, a, p in self.harmonics)).astype(np.float32)
         wobble = table[((np.arctan2(block.y, block.x) + np.pi) * (720 / (2 * np.pi))).astype(np.int32)]
-        depth = np.where(block.y > 0, np.float32(BACK_DEPTH * self.half_depth_mm), np.float32(self.half_depth_mm))
-        return [
-            np.hypot(block.x / (self.half_width_mm * wobble - inset), block.y / (depth * wobble - inset))
-            for inset in insets_mm
-        ]
+        back = block.y > 0
+        depth = np.where(back, np.float32(BACK_DEPTH * self.half_depth_mm), np.float32(self.half_depth_mm))
+        exponent = np.where(back, np.float32(BACK_EXPONENT), np.float32(2.0))
+        levels = []
+        for inset in insets_mm:
+            across = np.abs(block.x / (self.half_width_mm * wobble - inset)) ** exponent
+            along = np.abs(block.y / (depth * wobble - inset)) ** exponent
+            levels.append((across + along) ** (1 / exponent))
+        return levels
 
     def level(self, block, inset_mm: float = 0.0) -> np.ndarray:
         return self.levels(block, inset_mm)[0]

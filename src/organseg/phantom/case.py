@@ -17,7 +17,7 @@ from organseg.preprocess.orientation import AxisTransform, all_axis_transforms
 DEFAULT_IN_PLANE = (96, 128)
 DEFAULT_SLICES = (40, 64)
 # Model z range of the field of view: lung bases at the top to below the kidneys. The random
-# top can cut the liver dome (apex near z = 125) and the bottom the lower kidney poles (z = -90).
+# top can cut the liver dome (apex near z = 125) and the bottom the lower kidney poles (z = -55).
 TOP_Z_MM = (115, 175)
 BOTTOM_Z_MM = (-165, -75)
 # The bottom of each field of view: an abdomen-pelvis scan reaches 170-240 mm below the
