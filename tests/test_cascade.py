@@ -45,11 +45,11 @@ class Oracle:
         return one_hot[None] * 10
 
 
-def oracle_segmenter(truth: Volume, grid1, grid2, margin_mm=10.0, largest_component=False):
+def oracle_segmenter(truth: Volume, grid1, grid2, margin_mm=10.0, largest_component=False, width="body"):
     config = Config(
         stage1=StageConfig(grid=grid1),
         stage2=StageConfig(grid=grid2),
-        crop=CropConfig(margin_mm=margin_mm),
+        crop=CropConfig(margin_mm=margin_mm, width=width),
         largest_component=largest_component,
     )
     return Segmenter(Oracle(truth, 14), Oracle(truth, 14), config, FLARE22)
@@ -101,7 +101,32 @@ def test_stage_one_finding_nothing_falls_back_to_the_whole_volume(caplog: pytest
     with caplog.at_level(logging.WARNING, logger="organseg"):
         segmenter.predict(image)
     assert any("whole volume" in record.getMessage() for record in caplog.records)
-    assert segmenter.stage2.calls[0].box.shape == segmenter.stage2.calls[0].volume_shape
+    call = segmenter.stage2.calls[0]
+    # Every slice, all the depth, and the body's width (crop.width), where all organs lie.
+    assert call.box.shape[1:] == call.volume_shape[1:]
+    organs = np.argwhere(canonical_transform(image.geometry).apply(truth.array) > 0)
+    assert organs[:, 0].min() >= call.box.start[0] and organs[:, 0].max() < call.box.stop[0]
+
+
+@pytest.mark.parametrize("width", ["body", "organs"])
+def test_the_body_s_width_keeps_the_side_a_blind_stage_one_missed(width: str) -> None:
+    """A stage 1 that sees no organ on the patient's left: the body's width still reaches the spleen."""
+    image, truth = generate_case(4)
+    canonical_shape = canonical_transform(image.geometry).apply_geometry(image.geometry).shape
+    grid = tuple(int(np.ceil(n / 16) * 16) for n in canonical_shape)
+    segmenter = oracle_segmenter(truth, grid, grid, width=width)
+    oracle = segmenter.stage1
+
+    def blind_on_the_left(stage_input: StageInput) -> np.ndarray:
+        logits = oracle(stage_input).copy()
+        left = slice(logits.shape[2] // 2, None)  # canonical i runs to the patient's left
+        logits[:, 1:, left], logits[:, 0, left] = 0, 10
+        return logits
+
+    segmenter.stage1 = blind_on_the_left
+    dice = organ_dice(segmenter.predict(image).array, truth.array)
+    left_organs = min(dice[3], dice[13])  # spleen, left kidney
+    assert left_organs >= 0.95 if width == "body" else left_organs < 0.5, dice
 
 
 def test_largest_component_clean_up_removes_a_stray_blob() -> None:
@@ -111,8 +136,10 @@ def test_largest_component_clean_up_removes_a_stray_blob() -> None:
     noisy[corner] = 3  # a stray piece of "spleen" in a corner of the volume
     stray = Volume(noisy, truth.geometry)
     config_grid = tuple(int(np.ceil(n / 16) * 16) for n in truth.array.shape)
-    kept = oracle_segmenter(stray, config_grid, config_grid, margin_mm=1000).predict(image)
-    cleaned = oracle_segmenter(stray, config_grid, config_grid, margin_mm=1000, largest_component=True)
+    # The corner lies outside the body, which stage 2's region would otherwise never reach.
+    settings = {"margin_mm": 1000, "width": "organs"}
+    kept = oracle_segmenter(stray, config_grid, config_grid, **settings).predict(image)
+    cleaned = oracle_segmenter(stray, config_grid, config_grid, **settings, largest_component=True)
     assert (kept.array[corner] == 3).all()
     assert (cleaned.predict(image).array[corner] == 0).all()
 

@@ -32,6 +32,7 @@ from organseg.io import Volume
 from organseg.labels import LabelSet
 from organseg.phases import PhaseClock
 from organseg.postprocess import keep_largest_component
+from organseg.preprocess.body import body_box, width_from
 from organseg.preprocess.crop import Box, bounding_box, grow_box, paste
 from organseg.preprocess.orientation import AxisTransform, canonical_transform
 from organseg.preprocess.resample import resample_image, resample_labels, resampled_argmax
@@ -108,9 +109,11 @@ class Segmenter:
             transform = canonical_transform(image.geometry)
             geometry = transform.apply_geometry(image.geometry)
             ct = ScanView.of(image.array, transform, self.config.window_hu)
-        coarse = self.coarse_labels(ct)
+        grid1_image, coarse = self.coarse_labels(ct)
         with self.clock.phase("locate"):
             box = self.box_from_coarse(coarse, ct.shape, geometry.spacing_mm)
+            if self.config.crop.width == "body":
+                box = width_from(box, body_box(grid1_image, ct.mean, ct.std, ct.window_hu, ct.shape, box))
         logits = self.region_logits(ct, box)
         region = self.logits_to_region(logits, box)
         with self.clock.phase("clean_up"):
@@ -129,8 +132,8 @@ class Segmenter:
         top_volume = paste(top_region, box, ct.shape, fill=1.0)
         return Segmentation(result, scores, np.ascontiguousarray(transform.inverse().apply(top_volume)))
 
-    def coarse_labels(self, ct: ScanView) -> np.ndarray:
-        """Stage 1's label map of the whole canonical volume, on its own grid."""
+    def coarse_labels(self, ct: ScanView) -> tuple[np.ndarray, np.ndarray]:
+        """The whole canonical volume on stage 1's grid as it sees it (1, G1...), and its label map there."""
         whole = Box.whole(ct.shape)
         with self.clock.phase("resample_1"):
             request = StageInput(stage_input(ct, whole, self.config.stage1.grid)[None], whole, ct.shape)
@@ -138,7 +141,7 @@ class Segmenter:
             logits = self.stage1(request)[0]
             if self.config.stage1_target != "foreground":
                 logits = merge_unlearnt(logits, self.unlearnt)
-            return logits.argmax(0).astype(np.uint8)
+            return request.image[0], logits.argmax(0).astype(np.uint8)
 
     def box_from_coarse(
         self, coarse: np.ndarray, shape: tuple[int, int, int], spacing_mm: tuple[float, float, float]

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import types
 import typing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from organseg.config_checks import MIXED, augment_problems, config_problems
+from organseg.config_checks import MIXED, augment_problems, coerce_value, config_problems
 from organseg.errors import InputError
 
 # The CT clipping window before z-scoring: wide enough for fat (about -100 HU) and for
@@ -96,6 +95,9 @@ class CropConfig:
     """How stage 2's region is chosen from stage 1's organs (inference) or the ground truth (training)."""
 
     margin_mm: float = 20.0  # added around stage 1's organs at inference
+    # At inference, "body": the region is as wide as the body (a threshold finds it), only
+    # its depth and height follow stage 1; "organs": all three do (runs saved before this).
+    width: str = "body"
     # Training boxes: each face gets a random margin in this range and a random shift, so
     # stage 2 learns to cope with the boxes an imperfect stage 1 gives.
     train_margin_mm: tuple[float, float] = (5.0, 40.0)
@@ -297,7 +299,15 @@ def from_dict(data: dict, base: Config | None = None, source: str = "config") ->
 
 def load_config(path: Path) -> Config:
     """A configuration saved by `save_config`; keys it lacks keep their defaults."""
-    return from_dict(_read_json(Path(path)), base=Config(), source=str(path))
+    return saved_config(_read_json(Path(path)), source=str(path))
+
+
+def saved_config(data: dict, source: str) -> Config:
+    """A run's or an export's saved configuration; one saved before crop.width existed cropped to the organs."""
+    crop = data.get("crop", {})
+    if isinstance(crop, dict):  # anything else is an error from_dict reports
+        data = {**data, "crop": {"width": "organs", **crop}}
+    return from_dict(data, base=Config(), source=source)
 
 
 def save_config(config: Config, path: Path) -> None:
@@ -351,7 +361,7 @@ def _set(config, key: str, value, source: str, prefix: str = ""):
         if not isinstance(value, dict):
             raise InputError(f"{source}: '{key}' is a group of settings; set its keys, e.g. {key}.<name>=...")
         return _replace(config, head, from_dict(value, base=current, source=source), source)
-    return _replace(config, head, _coerce(value, hints[head], key, source), source)
+    return _replace(config, head, coerce_value(value, hints[head], key, source), source)
 
 
 def _replace(config, name: str, value, source: str):
@@ -360,35 +370,6 @@ def _replace(config, name: str, value, source: str):
         return replace(config, **{name: value})
     except ValueError as error:
         raise InputError(f"{source}: {error}") from None
-
-
-def _coerce(value, hint, key: str, source: str):
-    """`value` converted to the field's type, or an InputError saying what was expected."""
-    origin = typing.get_origin(hint)
-    if origin is types.UnionType:  # `X | None`
-        if value is None:
-            return None
-        return _coerce(value, next(a for a in typing.get_args(hint) if a is not type(None)), key, source)
-    if origin is tuple:
-        element = typing.get_args(hint)[0]
-        if not isinstance(value, list | tuple):
-            raise InputError(f"{source}: '{key}' takes a list, e.g. [1, 2, 3]; got {value!r}")
-        return tuple(_coerce(v, element, key, source) for v in value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise InputError(f"{source}: '{key}' takes true or false; got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InputError(f"{source}: '{key}' takes a whole number; got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise InputError(f"{source}: '{key}' takes a number; got {value!r}")
-        return float(value)
-    if hint is str:
-        return str(value)
-    raise InputError(f"{source}: '{key}' cannot be set")
 
 
 def _all_keys(cls, prefix: str = "") -> list[str]:

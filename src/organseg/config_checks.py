@@ -1,8 +1,12 @@
-"""Range checks of a configuration's values (types are checked as the values are set)."""
+"""Checks of a configuration's values: each one's type as it is set, their ranges once all are."""
 
 from __future__ import annotations
 
+import types
+import typing
 from typing import TYPE_CHECKING
+
+from organseg.errors import InputError
 
 if TYPE_CHECKING:
     from organseg.config import AugmentConfig, Config, SelfTrainingConfig, StageConfig, SyntheticConfig
@@ -36,6 +40,8 @@ def config_problems(config: Config) -> list[str]:
         check(f"validation_cases must be >= 0, got {config.validation_cases}")
     for name in ("stage1", "stage2"):
         problems += _stage_problems(name, getattr(config, name))
+    if config.crop.width not in ("body", "organs"):
+        check(f"crop.width must be 'body' or 'organs', got '{config.crop.width}'")
     low, high = config.crop.train_margin_mm
     if config.crop.margin_mm < 0 or low < 0 or high < low or config.crop.train_shift_mm < 0:
         check("crop margins and shift must be >= 0 with train_margin_mm = [low, high], low <= high")
@@ -138,3 +144,32 @@ def _stage_problems(name: str, stage: StageConfig) -> list[str]:
     if stage.weight_decay < 0:
         problems.append(f"{name}.weight_decay must be >= 0, got {stage.weight_decay}")
     return problems
+
+
+def coerce_value(value, hint, key: str, source: str):
+    """`value` converted to the field's type, or an InputError saying what was expected."""
+    origin = typing.get_origin(hint)
+    if origin is types.UnionType:  # `X | None`
+        if value is None:
+            return None
+        return coerce_value(value, next(a for a in typing.get_args(hint) if a is not type(None)), key, source)
+    if origin is tuple:
+        element = typing.get_args(hint)[0]
+        if not isinstance(value, list | tuple):
+            raise InputError(f"{source}: '{key}' takes a list, e.g. [1, 2, 3]; got {value!r}")
+        return tuple(coerce_value(v, element, key, source) for v in value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise InputError(f"{source}: '{key}' takes true or false; got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(f"{source}: '{key}' takes a whole number; got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InputError(f"{source}: '{key}' takes a number; got {value!r}")
+        return float(value)
+    if hint is str:
+        return str(value)
+    raise InputError(f"{source}: '{key}' cannot be set")

@@ -14,7 +14,7 @@ import torch
 
 from organseg.cascade import Segmenter, StageInput
 from organseg.checkpoint import load_checkpoint
-from organseg.config import STAGES, Config, from_dict
+from organseg.config import STAGES, saved_config
 from organseg.device import autocast, resolve_device, resolve_precision
 from organseg.errors import InputError
 from organseg.labels import LabelSet
@@ -53,7 +53,7 @@ def segmenter_from_run(run_dir: Path, device: str = "auto", precision: str | Non
     torch_device = resolve_device(device)
     stage1, _ = load_stage(run_dir / "stage1" / "best.pt", torch_device, precision)
     stage2, content = load_stage(run_dir / "stage2" / "best.pt", torch_device, precision)
-    config = from_dict(content["config"], base=Config(), source=str(run_dir / "stage2" / "best.pt"))
+    config = saved_config(content["config"], source=str(run_dir / "stage2" / "best.pt"))
     label_set = LabelSet.from_mapping(content["labels"], codes=content.get("label_codes"))
     return Segmenter(stage1, stage2, config, label_set, tuple(content.get("unlearnt", ())), str(torch_device))
 
@@ -69,5 +69,5 @@ def load_network(checkpoint: Path) -> tuple[UNet3D, dict]:
 def load_stage(checkpoint: Path, device: torch.device, precision: str | None = None) -> tuple[NetworkPredictor, dict]:
     """A stage's network from its checkpoint, as a Predictor; and the checkpoint's content."""
     model, content = load_network(checkpoint)
-    config = from_dict(content["config"], base=Config(), source=str(checkpoint))
+    config = saved_config(content["config"], source=str(checkpoint))
     return NetworkPredictor(model, device, resolve_precision(device, precision or config.precision)), content

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from organseg.cascade import Segmenter, StageInput
-from organseg.config import STAGES, Config, from_dict
+from organseg.config import STAGES, saved_config
 from organseg.cores import available_cores
 from organseg.errors import InputError
 from organseg.export_folder import MANIFEST, read_manifest
@@ -53,7 +53,7 @@ def segmenter_from_export(folder: Path, threads: int | None = None) -> Segmenter
     """The Segmenter of an exported model folder, its networks run by ONNX Runtime on the CPU."""
     folder = Path(folder)
     manifest = read_manifest(folder)
-    config = from_dict(manifest["config"], base=Config(), source=str(folder / MANIFEST))
+    config = saved_config(manifest["config"], source=str(folder / MANIFEST))
     label_set = LabelSet.from_mapping(manifest["labels"], codes=manifest.get("label_codes"))
     for stage in STAGES:
         # Checked before any case is read: settings and networks from different runs must not meet.
