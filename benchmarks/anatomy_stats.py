@@ -32,17 +32,20 @@ def organ_rows(path: Path) -> dict[str, tuple[float, float, float, float]]:
     labels, spacing = transform.apply(label.array), np.asarray(transform.apply_geometry(label.geometry).spacing_mm)
     aorta = labels == AORTA
     kidneys = np.isin(labels, KIDNEYS)
+    if not aorta.any() or not kidneys.any():  # the reference points are missing
+        return {}
+    kidney_height = ndimage.center_of_mass(kidneys)[2]
     rows = {}
     for value, name in FLARE22.names:
         mask = labels == value
-        if not mask.any() or not aorta.any() or not kidneys.any():
+        if not mask.any():
             continue
         centre = np.array(ndimage.center_of_mass(mask))
         # The aorta over the organ's own slices: it runs obliquely, so its mean elsewhere would mislead.
         level_aorta = aorta & mask.any(axis=(0, 1))[None, None, :]
         reference = np.array(ndimage.center_of_mass(level_aorta if level_aorta.any() else aorta))
         offset = (centre - reference) * spacing
-        height = (centre[2] - ndimage.center_of_mass(kidneys)[2]) * spacing[2]
+        height = (centre[2] - kidney_height) * spacing[2]
         rows[name] = (float(mask.sum() * spacing.prod() / 1000), *offset[:2], float(height))
     return rows
 

@@ -112,6 +112,15 @@ def _organ_dsc(segmenter, image_path: Path, label_path: Path) -> dict[str, float
     return {row["organ"]: float(row["dsc"]) for row in rows if row["label"] in present}
 
 
+def real_ct_scores(segmenter) -> dict:
+    """The shared real CT no phantom-trained model has seen: `ts_abdomen` (mean DSC over its
+    12 organs, and each) and the liver of `dcmqi_3slice`."""
+    shared = REAL.parent
+    organs = _organ_dsc(segmenter, REAL / "image.nii.gz", REAL / "label_flare13.nii.gz")
+    liver = _organ_dsc(segmenter, shared / "dcmqi_3slice" / "dicom", shared / "dcmqi_3slice" / "liver_seg.nrrd")
+    return {"ts_abdomen": float(np.mean(list(organs.values()))), "dcmqi liver": liver["liver"], "organs": organs}
+
+
 def print_tables(results: dict) -> None:
     columns = [*PHASES, "ts_abdomen"]
     print("\n| seed | training phantoms | " + " | ".join(columns) + " |")

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 from bench_cpu_inference import machine
-from bench_phases import TEST_CASES, _dataset, _mean_dsc, _organ_dsc, _test_pairs, print_paired
+from bench_phases import TEST_CASES, _dataset, _mean_dsc, _test_pairs, print_paired, real_ct_scores
 
 from organseg.atomic import write_json
 from organseg.config import resolve_config
@@ -100,11 +100,8 @@ def one_arm(folder: Path, seed: int, arm: str, setting: tuple[int, str]) -> dict
     for phase in PHASES:
         test = _dataset(folder / f"test_{phase}", seed, (phase, "upper-abdomen"), 0, TEST_CASES)
         scores[phase] = _mean_dsc(segmenter, _test_pairs(test))
-    scores["dcmqi liver"] = _organ_dsc(
-        segmenter, REAL / "dcmqi_3slice" / "dicom", REAL / "dcmqi_3slice" / "liver_seg.nrrd"
-    )["liver"]
-    organs = _organ_dsc(segmenter, REAL / "ts_abdomen" / "image.nii.gz", REAL / "ts_abdomen" / "label_flare13.nii.gz")
-    scores["ts_abdomen"] = float(np.mean(list(organs.values())))
+    real = real_ct_scores(segmenter)
+    scores["dcmqi liver"], scores["ts_abdomen"], organs = real["dcmqi liver"], real["ts_abdomen"], real["organs"]
     print(f"seed {seed} {arm}: {json.dumps(scores)}", flush=True)
     shutil.rmtree(run_dir / "cache", ignore_errors=True)  # hundreds of MB per run
     return {"scores": scores, "ts_abdomen_organs": organs, "train_minutes": round(minutes, 1)}

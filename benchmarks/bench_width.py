@@ -18,19 +18,17 @@ import json
 from pathlib import Path
 
 import numpy as np
-from bench_phases import _mean_dsc, _organ_dsc, _test_pairs
+from bench_phases import _mean_dsc, _test_pairs, real_ct_scores
 
 from organseg.network_stage import segmenter_from_run
 from organseg.phantom.tones import PHASES
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 WIDTHS = ("organs", "body")
 
 
 def scores(segmenter, run_dir: Path) -> dict[str, float]:
-    organs = _organ_dsc(segmenter, REAL / "ts_abdomen" / "image.nii.gz", REAL / "ts_abdomen" / "label_flare13.nii.gz")
-    liver = _organ_dsc(segmenter, REAL / "dcmqi_3slice" / "dicom", REAL / "dcmqi_3slice" / "liver_seg.nrrd")["liver"]
-    found = {"ts_abdomen": float(np.mean(list(organs.values()))), "dcmqi liver": liver}
+    real = real_ct_scores(segmenter)
+    found = {"ts_abdomen": real["ts_abdomen"], "dcmqi liver": real["dcmqi liver"]}
     for phase in PHASES:
         test = run_dir.parent / f"test_{phase}"
         if test.is_dir():

@@ -14,19 +14,9 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-from bench_phases import _organ_dsc
+from bench_phases import real_ct_scores
 
 from organseg.network_stage import segmenter_from_run
-
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
-
-
-def real_scores(model_dir: Path) -> dict:
-    segmenter = segmenter_from_run(model_dir, device="cpu")
-    organs = _organ_dsc(segmenter, REAL / "ts_abdomen" / "image.nii.gz", REAL / "ts_abdomen" / "label_flare13.nii.gz")
-    liver = _organ_dsc(segmenter, REAL / "dcmqi_3slice" / "dicom", REAL / "dcmqi_3slice" / "liver_seg.nrrd")["liver"]
-    return {"ts_abdomen": float(np.mean(list(organs.values()))), "dcmqi liver": liver, "ts_abdomen_organs": organs}
 
 
 def main() -> None:
@@ -36,7 +26,7 @@ def main() -> None:
     for demo in parser.parse_args().demos:
         results = json.loads((demo / "results.json").read_text())
         for model in ("full_supervision", "semi_supervised"):
-            scores = real_scores(Path(results[model]["model_dir"]))
+            scores = real_ct_scores(segmenter_from_run(Path(results[model]["model_dir"]), device="cpu"))
             print(json.dumps({"demo": str(demo), "model": model, **scores}), flush=True)
             rows.append((demo, model, results[model]["mean_dsc"], scores))
     print("\n| demo | model | phantom test DSC | ts_abdomen | dcmqi liver |\n|---|---|---|---|---|")

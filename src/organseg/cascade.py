@@ -33,7 +33,7 @@ from organseg.labels import LabelSet
 from organseg.phases import PhaseClock
 from organseg.postprocess import keep_largest_component
 from organseg.preprocess.body import body_box, width_from
-from organseg.preprocess.crop import Box, bounding_box, grow_box, paste
+from organseg.preprocess.crop import Box, bounding_box, grid_box_to_volume, grow_box, paste
 from organseg.preprocess.orientation import AxisTransform, canonical_transform
 from organseg.preprocess.resample import resample_image, resample_labels, resampled_argmax
 from organseg.preprocess.stage_input import ScanView, stage_input
@@ -210,7 +210,7 @@ def organ_box_from_coarse(coarse: np.ndarray, shape: tuple[int, int, int]) -> Bo
     largest = keep_largest_component(coarse)  # a stray blob must not stretch the box
     if not largest.any():
         return None
-    return _grid_box_to_volume(bounding_box(largest > 0, spacing_mm=(1.0, 1.0, 1.0)), coarse.shape, shape)
+    return grid_box_to_volume(bounding_box(largest > 0, spacing_mm=(1.0, 1.0, 1.0)), coarse.shape, shape)
 
 
 def merge_unlearnt(logits: np.ndarray, unlearnt: tuple[int, ...]) -> np.ndarray:
@@ -233,13 +233,6 @@ def logsumexp(values: np.ndarray, axis: int = 0) -> np.ndarray:
     """log(sum(exp(values))) along `axis`, without overflow."""
     top = values.max(axis=axis, keepdims=True)
     return (top + np.log(np.exp(values - top).sum(axis=axis, keepdims=True))).squeeze(axis)
-
-
-def _grid_box_to_volume(box: Box, grid: tuple[int, int, int], shape: tuple[int, int, int]) -> Box:
-    """The volume voxels covered by grid cells box.start..box.stop (cells share the field of view)."""
-    start = [int(np.floor(s * n / g)) for s, n, g in zip(box.start, shape, grid)]
-    stop = [min(n, int(np.ceil(e * n / g))) for e, n, g in zip(box.stop, shape, grid)]
-    return Box(tuple(start), tuple(stop))
 
 
 def _paste_in_input_order(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import cc3d
 import numpy as np
 
-from organseg.preprocess.crop import Box
+from organseg.preprocess.crop import Box, bounding_box, grid_box_to_volume
 
 # Between air (clipped to the window's low end) and fat (about -100 HU and denser).
 BODY_HU = -150.0
@@ -40,13 +40,8 @@ def body_box(grid_image: np.ndarray, mean: float, std: float, window_hu, shape, 
     if not body.any():
         return None
     largest = cc3d.largest_k(body, k=1, connectivity=26) > 0
-    start, stop = [0, 0, within.start[2]], [shape[0], shape[1], within.stop[2]]
-    for axis in (0, 1):
-        present = np.flatnonzero(largest.any(axis=tuple(a for a in range(3) if a != axis)))
-        size = image.shape[axis]
-        start[axis] = int(np.floor(present[0] * shape[axis] / size))
-        stop[axis] = min(shape[axis], int(np.ceil((present[-1] + 1) * shape[axis] / size)))
-    return Box(tuple(start), tuple(stop))
+    found = grid_box_to_volume(bounding_box(largest, spacing_mm=(1.0, 1.0, 1.0)), image.shape, shape)
+    return Box((*found.start[:2], within.start[2]), (*found.stop[:2], within.stop[2]))
 
 
 def width_from(box: Box, body: Box | None) -> Box:

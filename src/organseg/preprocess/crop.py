@@ -92,3 +92,10 @@ def grow_box(
     start = np.clip(start, 0, upper - 1).astype(int)
     stop = np.clip(stop, start + 1, upper).astype(int)
     return Box(tuple(start), tuple(stop))
+
+
+def grid_box_to_volume(box: Box, grid: tuple[int, int, int], shape: tuple[int, int, int]) -> Box:
+    """The volume voxels covered by grid cells box.start..box.stop (cells share the field of view)."""
+    start = [int(np.floor(s * n / g)) for s, n, g in zip(box.start, shape, grid)]
+    stop = [min(n, int(np.ceil(e * n / g))) for e, n, g in zip(box.stop, shape, grid)]
+    return Box(tuple(start), tuple(stop))
