@@ -438,7 +438,7 @@ def test_the_bladder_is_water_in_front_of_the_pelvic_cavity_and_the_hips_lie_to_
 def test_fields_of_view_mix_per_case_and_are_listed(tmp_path) -> None:
     root = write_dataset(tmp_path / "a", labeled=6, unlabeled=0, test=0, seed=1, field_of_view="mixed", phase="mixed")
     meta = json.loads((root / "dataset.json").read_text())
-    assert set(meta["fields_of_view"].values()) == {"upper-abdomen", "abdomen-pelvis"}
+    assert set(meta["fields_of_view"].values()) == set(FIELDS_OF_VIEW)
     assert set(meta["contrast_phases"].values()) <= set(PHASES)
     for name, field in meta["fields_of_view"].items():
         index = int(name.rsplit("_", 1)[1])

@@ -187,6 +187,7 @@ class SyntheticConfig:
     phase: str = MIXED  # what the phantoms look like (organseg.phantom); "mixed": one drawn per phantom
     field_of_view: str = MIXED
     appearance: str = "realistic"
+    artefacts: str = "none"
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,10 @@ LR_SCHEDULES = ("halving", "poly")
 # What a phantom may look like besides its anatomy (organseg.phantom draws them): named here,
 # so the settings and the command line check them without importing the generator.
 PHANTOM_PHASES = ("non-contrast", "arterial", "portal-venous", "delayed")
-PHANTOM_FIELDS_OF_VIEW = ("upper-abdomen", "abdomen-pelvis")
+PHANTOM_FIELDS_OF_VIEW = ("upper-abdomen", "abdomen-pelvis", "thorax-abdomen")
 PHANTOM_APPEARANCES = ("realistic", "random")
-MIXED = "mixed"  # a phase, field of view or appearance drawn per case
+PHANTOM_ARTEFACTS = ("none", "metal")  # metal: implants and their streaks (organseg.phantom.metal)
+MIXED = "mixed"  # a phase, field of view, appearance or artefact drawn per case
 
 
 def config_problems(config: Config) -> list[str]:
@@ -85,6 +86,7 @@ def _synthetic_problems(synthetic: SyntheticConfig) -> list[str]:
         ("phase", PHANTOM_PHASES),
         ("field_of_view", PHANTOM_FIELDS_OF_VIEW),
         ("appearance", PHANTOM_APPEARANCES),
+        ("artefacts", PHANTOM_ARTEFACTS),
     )
     for name, choices in looks:
         if getattr(synthetic, name) not in (*choices, MIXED):

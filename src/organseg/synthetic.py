@@ -91,6 +91,7 @@ def _settings(config: Config, label_set: LabelSet) -> dict:
         "phase": synthetic.phase,
         "field_of_view": synthetic.field_of_view,
         "appearance": synthetic.appearance,
+        "artefacts": synthetic.artefacts,
         "labels": label_set.to_json(),
         "version": 1,
     }
@@ -115,6 +116,7 @@ def _write(folder: Path, settings: dict, label_set: LabelSet) -> None:
             phase=settings["phase"],
             field_of_view=settings["field_of_view"],
             appearance=settings["appearance"],
+            artefacts=settings["artefacts"],
         )
         table = label_lookup(label_set)
         (staging / "labelsTr").mkdir()

@@ -30,6 +30,7 @@ def run_phantom(args: argparse.Namespace) -> None:
         phase=args.phase,
         field_of_view=args.fov,
         appearance=args.appearance,
+        artefacts=args.artefacts,
         **counts,
     )
     print(f"wrote phantom dataset to {root}")

@@ -7,7 +7,13 @@ from pathlib import Path
 
 from organseg.cli import commands
 from organseg.config import DEFAULT_PRESET, PRESETS
-from organseg.config_checks import MIXED, PHANTOM_APPEARANCES, PHANTOM_FIELDS_OF_VIEW, PHANTOM_PHASES
+from organseg.config_checks import (
+    MIXED,
+    PHANTOM_APPEARANCES,
+    PHANTOM_ARTEFACTS,
+    PHANTOM_FIELDS_OF_VIEW,
+    PHANTOM_PHASES,
+)
 
 _DEBUG_HELP = "show the traceback on errors"
 _QUIET_HELP = "show only warnings and errors (no progress bars)"
@@ -86,6 +92,12 @@ def _add_phantom(subcommands: argparse._SubParsersAction) -> None:
         "(files numbered head to foot), coronal, sagittal, oblique (12 degree tilt), or mixed (the five in "
         "turn, case by case; the default of a bare --dicom); label maps stay NIfTI on the series' grid",
     )
+    _add_phantom_looks(command)
+    command.set_defaults(handler=commands.run_phantom)
+
+
+def _add_phantom_looks(command: argparse.ArgumentParser) -> None:
+    """What the phantoms look like beside their anatomy: phase, field of view, appearance, artefacts."""
     command.add_argument(
         "--phase",
         default="portal-venous",
@@ -97,8 +109,9 @@ def _add_phantom(subcommands: argparse._SubParsersAction) -> None:
         "--fov",
         default="upper-abdomen",
         choices=(*PHANTOM_FIELDS_OF_VIEW, MIXED),
-        help="field of view: lung bases to below the kidneys, or on to the femoral heads; mixed draws one per "
-        "case, named in dataset.json's fields_of_view (default: upper-abdomen)",
+        help="field of view: lung bases to below the kidneys, on to the femoral heads (abdomen-pelvis), or from "
+        "the lung apices (thorax-abdomen); mixed draws one per case, named in dataset.json's fields_of_view "
+        "(default: upper-abdomen)",
     )
     command.add_argument(
         "--appearance",
@@ -108,7 +121,14 @@ def _add_phantom(subcommands: argparse._SubParsersAction) -> None:
         "(shapes, not intensities, tell the organs apart); mixed draws one per case, named in dataset.json's "
         "appearances (default: realistic)",
     )
-    command.set_defaults(handler=commands.run_phantom)
+    command.add_argument(
+        "--artefacts",
+        default="none",
+        choices=(*PHANTOM_ARTEFACTS, MIXED),
+        help="metal: a spinal fixation or hip prostheses and the streaks they throw across the organs, "
+        "simulated through the scanner's projections (needs scikit-image); mixed draws per case, named in "
+        "dataset.json's artefacts (default: none)",
+    )
 
 
 def _add_check(subcommands: argparse._SubParsersAction) -> None:

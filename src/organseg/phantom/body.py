@@ -142,9 +142,16 @@ def paint_spine(canvas: Canvas, rng: np.random.Generator, body: Body, tones: dic
     canvas.paint(block, canal < 1, tones["csf"], PROTECTED, free_only=False)
 
 
-def paint_ribs(canvas: Canvas, rng: np.random.Generator, body: Body, tones: dict[str, float]) -> None:
-    """The lower ribs: rods along the inner body wall that run down from the spine towards the front."""
-    block = canvas.block((-np.inf, -np.inf, -20), (np.inf, np.inf, np.inf))
+# Heights (model mm) where the ribs leave the spine: the 7th to 12th; the last two float (short).
+LOWER_RIBS_MM = (178, 152, 126, 100, 76, 54)
+
+
+def paint_ribs(
+    canvas: Canvas, rng: np.random.Generator, body: Body, tones: dict[str, float], heights=LOWER_RIBS_MM, floating=2
+) -> None:
+    """Ribs leaving the spine at `heights`: rods along the inner body wall that run down towards the front."""
+    # A rib wraps up to 2.5 radians round, descending about 35 mm per radian.
+    block = canvas.block((-np.inf, -np.inf, min(heights) - 74), (np.inf, np.inf, np.inf))
     if block is None:
         return
     level = body.level(block, body.fat_mm + 0.6 * body.muscle_mm)
@@ -155,10 +162,9 @@ def paint_ribs(canvas: Canvas, rng: np.random.Generator, body: Body, tones: dict
     # Angle from the spine: 0 at the back, pi/2 at the side, pi at the front.
     around = np.arctan2(np.abs(x) / body.half_width_mm, y / body.half_depth_mm)
     distances = np.full(near.shape, np.inf, np.float32)
-    for index, z_back in enumerate([178, 152, 126, 100, 76, 54]):
+    for index, z_back in enumerate(heights):
         for side in (x > 0, x <= 0):
-            length = rng.uniform(1.2, 1.6) if index >= 4 else rng.uniform(2.0, 2.5)
-            # Ribs descend about 35 mm per radian as they wrap round to the front.
+            length = rng.uniform(1.2, 1.6) if index >= len(heights) - floating else rng.uniform(2.0, 2.5)
             height = z_back + rng.normal(0, 4) - 35 * around
             on_rib = side & (around > 0.35) & (around < length)
             distances = np.where(on_rib, np.minimum(distances, np.hypot(from_wall_mm, z - height)), distances)

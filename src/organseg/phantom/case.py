@@ -8,8 +8,11 @@ from organseg.geometry import Geometry
 from organseg.io import Volume
 from organseg.phantom import body as anatomy
 from organseg.phantom.canvas import PROTECTED, Canvas, SmoothField
+from organseg.phantom.metal import ARTEFACTS, NO_ARTEFACTS, choose_implants, metal_streaks, paint_implants
 from organseg.phantom.organs import paint_organs
-from organseg.phantom.pelvis import paint_pelvis
+from organseg.phantom.pelvis import Hips, paint_pelvis
+from organseg.phantom.thorax import TOP_Z_MM as THORAX_TOP_Z_MM
+from organseg.phantom.thorax import paint_thoracic_organs, paint_thorax
 from organseg.phantom.tones import APPEARANCES, PORTAL_VENOUS, REALISTIC, random_tones, sample_tones, scanner_image
 from organseg.preprocess.orientation import AxisTransform, all_axis_transforms
 
@@ -21,9 +24,12 @@ DEFAULT_SLICES = (40, 64)
 TOP_Z_MM = (115, 175)
 BOTTOM_Z_MM = (-165, -75)
 # The bottom of each field of view: an abdomen-pelvis scan reaches 170-240 mm below the
-# kidneys (to the femoral heads), where no organ of the 13 lies.
+# kidneys (to the femoral heads), where no organ of the 13 lies. Its top, where it is not
+# TOP_Z_MM: a thorax-abdomen scan starts at the lung apices (organseg.phantom.thorax).
 UPPER_ABDOMEN = "upper-abdomen"
-FIELDS_OF_VIEW = {UPPER_ABDOMEN: BOTTOM_Z_MM, "abdomen-pelvis": (-330, -260)}
+THORAX_ABDOMEN = "thorax-abdomen"
+FIELDS_OF_VIEW = {UPPER_ABDOMEN: BOTTOM_Z_MM, "abdomen-pelvis": (-330, -260), THORAX_ABDOMEN: BOTTOM_Z_MM}
+TOPS_Z_MM = {THORAX_ABDOMEN: THORAX_TOP_Z_MM}
 MIN_SIZE = 8
 
 
@@ -36,6 +42,7 @@ def generate_case(
     phase: str = PORTAL_VENOUS,
     field_of_view: str = UPPER_ABDOMEN,
     appearance: str = REALISTIC,
+    artefacts: str = NO_ARTEFACTS,
 ) -> tuple[Volume, Volume]:
     """One synthetic CT (int16 HU) and its label map (uint8, FLARE22 ids) on the same Geometry.
 
@@ -50,32 +57,24 @@ def generate_case(
         phase: the contrast phase, one of organseg.phantom.tones.PHASES; the anatomy and the
             header of a seed are the same in every phase.
         field_of_view: one of FIELDS_OF_VIEW: "upper-abdomen" (lung bases to below the
-            kidneys) or "abdomen-pelvis" (down to the femoral heads); the default small
-            size then has proportionally more slices.
+            kidneys), "abdomen-pelvis" (down to the femoral heads) or "thorax-abdomen" (from
+            the lung apices); the default small size has as thick slices in each.
         appearance: "realistic" (intensities of `phase`) or "random" (every tissue's mean
             HU drawn at random, `phase` then only names the case; organseg.phantom.tones).
+        artefacts: "none", or "metal": a spinal fixation or hip prostheses and the streaks
+            they cause (organseg.phantom.metal); the labels are those of the same seed without.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    _check_arguments(seed, field_of_view, appearance, artefacts)
     header_rng, anatomy_rng, scanner_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
-    if field_of_view not in FIELDS_OF_VIEW:
-        raise ValueError(f"unknown field of view {field_of_view!r}; choose one of {', '.join(FIELDS_OF_VIEW)}")
-    if appearance not in APPEARANCES:
-        raise ValueError(f"unknown appearance {appearance!r}; choose one of {', '.join(APPEARANCES)}")
     shape = _case_shape(header_rng, shape, field_of_view)
     body = anatomy.sample_body(anatomy_rng)
-    canvas = _make_canvas(anatomy_rng, shape, body, FIELDS_OF_VIEW[field_of_view])
+    canvas = _make_canvas(
+        anatomy_rng, shape, body, FIELDS_OF_VIEW[field_of_view], TOPS_Z_MM.get(field_of_view, TOP_Z_MM)
+    )
     tones = sample_tones(anatomy_rng, phase)
     if appearance != REALISTIC:  # drawn after the phase's, so the anatomy stays that of the seed
         tones = random_tones(np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(4,))))
-    # The pelvis draws from a stream of its own: the rest of a seed's anatomy is the same in every field of view.
-    pelvis_rng = (
-        None if field_of_view == UPPER_ABDOMEN else np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(5,)))
-    )
-    _paint_background(canvas, anatomy_rng, body, tones, pelvis_rng)
-    paint_organs(canvas, anatomy_rng, body, tones, drop_organs)
-    labels = canvas.labels
-    labels[labels == PROTECTED] = 0
+    labels = _paint_case(canvas, seed, anatomy_rng, body, tones, field_of_view, artefacts, drop_organs)
     image = scanner_image(canvas.hu, scanner_rng)
     geometry = _sample_geometry(header_rng, shape, canvas.step_mm)
     transforms = all_axis_transforms()
@@ -85,6 +84,40 @@ def generate_case(
         Volume(np.ascontiguousarray(transform.apply(image)), stored),
         Volume(np.ascontiguousarray(transform.apply(labels)), stored),
     )
+
+
+def _check_arguments(seed, field_of_view: str, appearance: str, artefacts: str) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if field_of_view not in FIELDS_OF_VIEW:
+        raise ValueError(f"unknown field of view {field_of_view!r}; choose one of {', '.join(FIELDS_OF_VIEW)}")
+    if appearance not in APPEARANCES:
+        raise ValueError(f"unknown appearance {appearance!r}; choose one of {', '.join(APPEARANCES)}")
+    if artefacts not in ARTEFACTS:
+        raise ValueError(f"unknown artefacts {artefacts!r}; choose one of {', '.join(ARTEFACTS)}")
+
+
+def _paint_case(
+    canvas: Canvas, seed: int, rng: np.random.Generator, body, tones, field_of_view: str, artefacts: str, drop_organs
+) -> np.ndarray:
+    """Paint the ideal HU image on `canvas`; returns the label map (organ ids, 0 elsewhere)."""
+    # The pelvis, the chest and the metal draw from streams of their own: the rest of a
+    # seed's anatomy is the same in every field of view, with and without metal.
+    streams = [np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(key,))) for key in (5, 6, 7)]
+    pelvis_rng, metal_rng, thorax_rng = streams
+    hips = _paint_background(canvas, rng, body, tones, pelvis_rng if field_of_view == "abdomen-pelvis" else None)
+    if field_of_view == THORAX_ABDOMEN:
+        paint_thorax(canvas, thorax_rng, body, tones)
+    if artefacts != NO_ARTEFACTS:
+        paint_implants(canvas, metal_rng, body, choose_implants(metal_rng, hips), hips)
+    paint_organs(canvas, rng, body, tones, drop_organs)
+    if field_of_view == THORAX_ABDOMEN:
+        paint_thoracic_organs(canvas, thorax_rng, body, tones)
+    labels = canvas.labels
+    labels[labels == PROTECTED] = 0
+    if artefacts != NO_ARTEFACTS:
+        canvas.hu += metal_streaks(canvas.hu, float(canvas.step_mm[0]), metal_rng)
+    return labels
 
 
 def _case_shape(rng: np.random.Generator, shape, field_of_view: str = UPPER_ABDOMEN) -> tuple[int, int, int]:
@@ -98,13 +131,15 @@ def _case_shape(rng: np.random.Generator, shape, field_of_view: str = UPPER_ABDO
 
 
 def _mean_length_mm(field_of_view: str) -> float:
-    return float(np.mean(TOP_Z_MM) - np.mean(FIELDS_OF_VIEW[field_of_view]))
+    return float(np.mean(TOPS_Z_MM.get(field_of_view, TOP_Z_MM)) - np.mean(FIELDS_OF_VIEW[field_of_view]))
 
 
-def _make_canvas(rng: np.random.Generator, shape, body: anatomy.Body, bottom_z_mm=BOTTOM_Z_MM) -> Canvas:
+def _make_canvas(
+    rng: np.random.Generator, shape, body: anatomy.Body, bottom_z_mm=BOTTOM_Z_MM, top_z_mm=TOP_Z_MM
+) -> Canvas:
     """Map the grid onto model space: the body fills 80-90% of the width, z spans a random crop."""
     step_in_plane = 2 * body.half_width_mm / rng.uniform(0.8, 0.9) / shape[0]
-    top, bottom = rng.uniform(*TOP_Z_MM), rng.uniform(*bottom_z_mm)
+    top, bottom = rng.uniform(*top_z_mm), rng.uniform(*bottom_z_mm)
     step = np.array([step_in_plane, step_in_plane, (top - bottom) / shape[2]])
     # The body lies near the centre of the field of view, a little forward of it (the table is behind).
     centre = np.array([rng.uniform(-10, 10), rng.uniform(0, 15), (top + bottom) / 2])
@@ -118,18 +153,18 @@ def _make_canvas(rng: np.random.Generator, shape, body: anatomy.Body, bottom_z_m
 
 def _paint_background(
     canvas: Canvas, rng: np.random.Generator, body: anatomy.Body, tones, pelvis_rng: np.random.Generator | None
-) -> None:
+) -> Hips | None:
     """Body wall, bones, chest, table, pelvis (with `pelvis_rng`) and bowel, in the order in which they may
-    overwrite each other."""
+    overwrite each other; where the pelvis put the hips, if it is drawn."""
     anatomy.paint_wall(canvas, body, tones)
     anatomy.paint_back_muscles(canvas, body, tones)
     anatomy.paint_spine(canvas, rng, body, tones)
     anatomy.paint_ribs(canvas, rng, body, tones)
     anatomy.paint_chest(canvas, rng, body, tones)
     anatomy.paint_table(canvas, body, tones)
-    if pelvis_rng is not None:
-        paint_pelvis(canvas, pelvis_rng, body, tones)
+    hips = None if pelvis_rng is None else paint_pelvis(canvas, pelvis_rng, body, tones)
     anatomy.paint_bowel(canvas, rng, body, tones)
+    return hips
 
 
 def _sample_geometry(rng: np.random.Generator, shape, step_mm: np.ndarray) -> Geometry:

@@ -9,11 +9,13 @@ below the crests.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from organseg.phantom.body import Body
 from organseg.phantom.canvas import PROTECTED, Canvas
-from organseg.phantom.shapes import ellipsoid
+from organseg.phantom.shapes import ellipsoid, segment_distance
 
 CREST_Z_MM = (-145.0, -115.0)
 CREST_TO_HIP_MM = (120.0, 145.0)
@@ -21,14 +23,22 @@ HEAD_RADIUS_MM = (21.0, 25.0)
 SIDES = (-1, 1)  # the patient's right (x < 0) and left
 
 
-def paint_pelvis(canvas: Canvas, rng: np.random.Generator, body: Body, tones: dict[str, float]) -> None:
+class Hips(NamedTuple):
+    """Where a pelvis has its hip joints: model z of the femoral heads' centres, and their radius."""
+
+    z_mm: float
+    head_radius_mm: float
+
+
+def paint_pelvis(canvas: Canvas, rng: np.random.Generator, body: Body, tones: dict[str, float]) -> Hips:
     """Muscles, bones and bladder of the pelvis, where the field of view reaches below the crests."""
     crest = rng.uniform(*CREST_Z_MM)
     hip = crest - rng.uniform(*CREST_TO_HIP_MM)
     head_radius = rng.uniform(*HEAD_RADIUS_MM)
+    hips = Hips(hip, head_radius)
     block = canvas.block((-np.inf, -np.inf, -np.inf), (np.inf, np.inf, crest + 10))
     if block is None:
-        return
+        return hips
     x, y = body.nominal_xy(block)
     z = block.z
     within_wall = body.level(block, body.fat_mm) < 1
@@ -47,6 +57,7 @@ def paint_pelvis(canvas: Canvas, rng: np.random.Generator, body: Body, tones: di
     bone = within_wall & (distance < 0)
     canvas.paint(block, bone & (distance < -2.5), tones["cancellous bone"], PROTECTED, free_only=False, texture_hu=25)
     canvas.paint(block, bone & (distance >= -2.5), tones["cortical bone"], PROTECTED, free_only=False, texture_hu=40)
+    return hips
 
 
 def _bone_distance(x, y, z, crest: float, hip: float, head_radius: float) -> np.ndarray:
@@ -63,18 +74,7 @@ def _bone_distance(x, y, z, crest: float, hip: float, head_radius: float) -> np.
     # The acetabulum cups the head from above and inside.
     cup = np.abs(head + head_radius - (head_radius + 6)) - 3.5
     cup = np.where((z > hip - 5) & (x < 95), cup, np.inf)
-    neck = _segment(x, y, z, head_centre, head_centre + [32, 5, -35]) - 14
-    shaft = _segment(x, y, z, head_centre + [32, 5, -35], head_centre + [36, 8, -200]) - 13
-    ramus = _segment(x, y, z, head_centre + [-8, -20, -10], np.array([12.0, -58.0, hip - 28])) - 8
+    neck = segment_distance(x, y, z, head_centre, head_centre + [32, 5, -35]) - 14
+    shaft = segment_distance(x, y, z, head_centre + [32, 5, -35], head_centre + [36, 8, -200]) - 13
+    ramus = segment_distance(x, y, z, head_centre + [-8, -20, -10], np.array([12.0, -58.0, hip - 28])) - 8
     return np.minimum.reduce([wing, head, cup, neck, shaft, ramus]).astype(np.float32)
-
-
-def _segment(x, y, z, start, stop) -> np.ndarray:
-    """Distance (mm) of every point to the segment from `start` to `stop`."""
-    start, stop = np.asarray(start, np.float32), np.asarray(stop, np.float32)
-    axis = stop - start
-    length2 = float(axis @ axis)
-    t = np.clip(((x - start[0]) * axis[0] + (y - start[1]) * axis[1] + (z - start[2]) * axis[2]) / length2, 0, 1)
-    return np.sqrt(
-        (x - start[0] - t * axis[0]) ** 2 + (y - start[1] - t * axis[1]) ** 2 + (z - start[2] - t * axis[2]) ** 2
-    )

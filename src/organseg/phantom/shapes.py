@@ -108,3 +108,14 @@ def union_level(shapes, block: Block) -> np.ndarray:
 def union_bounds(shapes) -> tuple[np.ndarray, np.ndarray]:
     lows, highs = zip(*(shape.bounds() for shape in shapes))
     return np.min(lows, axis=0), np.max(highs, axis=0)
+
+
+def segment_distance(x, y, z, start, stop) -> np.ndarray:
+    """Distance (mm) of every point to the segment from `start` to `stop`."""
+    start, stop = np.asarray(start, np.float32), np.asarray(stop, np.float32)
+    axis = stop - start
+    length2 = float(axis @ axis)
+    t = np.clip(((x - start[0]) * axis[0] + (y - start[1]) * axis[1] + (z - start[2]) * axis[2]) / length2, 0, 1)
+    return np.sqrt(
+        (x - start[0] - t * axis[0]) ** 2 + (y - start[1] - t * axis[1]) ** 2 + (z - start[2] - t * axis[2]) ** 2
+    )

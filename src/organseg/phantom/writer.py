@@ -13,6 +13,7 @@ from organseg.errors import InputError
 from organseg.io import Volume, write_label, write_volume
 from organseg.labels import FLARE22
 from organseg.phantom.case import FIELDS_OF_VIEW, UPPER_ABDOMEN, generate_case
+from organseg.phantom.metal import ARTEFACTS, NO_ARTEFACTS
 from organseg.phantom.orientations import ORIENTATIONS, orient
 from organseg.phantom.tones import APPEARANCES, PHASES, PORTAL_VENOUS, REALISTIC
 from organseg.progress import progress_bar
@@ -47,6 +48,7 @@ def write_dataset(
     phase: str = PORTAL_VENOUS,
     field_of_view: str = UPPER_ABDOMEN,
     appearance: str = REALISTIC,
+    artefacts: str = NO_ARTEFACTS,
 ) -> Path:
     """Write an nnU-Net v2 raw dataset; returns the folder.
 
@@ -74,6 +76,8 @@ def write_dataset(
         appearance: "realistic", "random" (every tissue's intensity drawn at random, see
             organseg.phantom.tones) or "mixed"; other than realistic, dataset.json's
             `appearances` names each case's.
+        artefacts: "none", "metal" (implants and their streaks, organseg.phantom.metal) or
+            "mixed"; other than none, dataset.json's `artefacts` names each case's.
     """
     out = Path(out)
     counts = {"train": labeled, "unlabeled": unlabeled, "test": test, "partial": partial}
@@ -81,7 +85,7 @@ def write_dataset(
         raise InputError(f"{out}: already exists and is not empty; choose a new folder or empty this one")
     if dicom is not None and dicom not in (*ORIENTATIONS, "mixed"):
         raise InputError(f"unknown DICOM orientation {dicom!r}; choose one of {', '.join(ORIENTATIONS)} or mixed")
-    looks = {"phase": phase, "field_of_view": field_of_view, "appearance": appearance}
+    looks = {"phase": phase, "field_of_view": field_of_view, "appearance": appearance, "artefacts": artefacts}
     for look, value in looks.items():
         if value not in (*LOOKS[look].choices, MIXED):
             choices = ", ".join(LOOKS[look].choices)
@@ -135,6 +139,7 @@ LOOKS = {
     "phase": Look("contrast phase", PHASES, PORTAL_VENOUS, "contrast_phases", 2),
     "field_of_view": Look("field of view", tuple(FIELDS_OF_VIEW), UPPER_ABDOMEN, "fields_of_view", 3),
     "appearance": Look("appearance", APPEARANCES, REALISTIC, "appearances", 4),
+    "artefacts": Look("artefacts", ARTEFACTS, NO_ARTEFACTS, "artefacts", 5),
 }
 
 

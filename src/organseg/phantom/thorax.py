@@ -1,0 +1,87 @@
+"""The chest above the abdomen, for thorax-abdomen fields of view.
+
+A staging CT often runs from the lung apices down: a network that has only seen the lung
+bases meets the upper lungs, the trachea, the great vessels and the aortic arch as
+something new, and may call the heart's neighbours organs. Above the diaphragm the abdomen's
+painting already fills the chest with lung beside the heart and the mediastinum (body.py's
+paint_chest); this adds the upper ribs, the trachea and its bronchi, the superior vena cava,
+and continues two of the 13 organs through the chest: the aorta (ascending aorta, arch and
+descending thoracic aorta, all labeled aorta, as TotalSegmentator labels it) and the
+esophagus up to the thoracic inlet.
+
+Positions are model mm of the nominal body (see body.py); the lung apices lie 300-360 mm
+above the kidneys' hila, some twelve vertebrae up, the tracheal carina near the fifth
+thoracic vertebra, the arch's top one or two vertebrae higher.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from organseg.labels import FLARE22
+from organseg.phantom.body import Body, paint_ribs
+from organseg.phantom.canvas import PROTECTED, Canvas
+from organseg.phantom.shapes import Tube, tube
+
+ID = {name: label for label, name in FLARE22.names}
+
+TOP_Z_MM = (300.0, 360.0)
+UPPER_RIBS_MM = (334, 308, 282, 256, 230, 204)  # where the 1st to 6th ribs leave the spine
+# The upper mediastinum in cross-section (nominal centre and semi-axes, mm), above the heart.
+MEDIASTINUM_FROM_Z_MM = 205.0
+MEDIASTINUM_MM = ((4.0, 10.0), (26.0, 40.0))
+ABOVE_MM = 420  # the tubes run on past the top of any field of view
+# The thoracic aorta starts inside the abdominal one's top, so the two join whatever their random shifts.
+AORTA = (
+    [(20, 38, 215), (20, 34, 262), (18, 12, 290), (4, -16, 282), (-4, -28, 250), (0, -26, 205)],
+    [11, 12, 13, 13, 14, 14],
+)
+ESOPHAGUS = ([(4, 24, 220), (2, 22, 300), (0, 20, ABOVE_MM)], [8, 8, 8])
+SUPERIOR_VENA_CAVA = ([(-32, -14, ABOVE_MM), (-32, -16, 260), (-28, -20, 200)], [10, 11, 11])
+TRACHEA = ([(0, 4, ABOVE_MM), (1, 5, 300), (2, 6, 255)], [9, 9, 9])
+BRONCHI = (
+    ([(2, 6, 258), (-20, 8, 240), (-40, 12, 225)], [6, 6, 5]),
+    ([(2, 6, 258), (22, 10, 238), (44, 16, 220)], [6, 6, 5]),
+)
+
+
+def paint_thorax(canvas: Canvas, rng: np.random.Generator, body: Body, tones: dict[str, float]) -> None:
+    """Upper ribs, the airways and the superior vena cava: bone, air and an unlabeled vein."""
+    paint_ribs(canvas, rng, body, tones, UPPER_RIBS_MM, floating=0)
+    for nominal, radii in (TRACHEA, *BRONCHI):
+        airway = _tube(rng, body, nominal, radii)
+        block = canvas.block(*airway.bounds())
+        if block is not None:
+            level = airway.level(block)
+            canvas.paint(block, level < 1.3, tones["muscle"], PROTECTED, free_only=False)  # the cartilage rings
+            canvas.paint(block, level < 1, tones["air"], PROTECTED, free_only=False, texture_hu=0)
+    vein = _tube(rng, body, *SUPERIOR_VENA_CAVA)  # claimed, so that the lungs' filling leaves it
+    block = canvas.block(*vein.bounds())
+    if block is not None:
+        canvas.paint(block, vein.level(block) < 1, tones["vein"], PROTECTED, free_only=True)
+
+
+def paint_thoracic_organs(canvas: Canvas, rng: np.random.Generator, body: Body, tones: dict[str, float]) -> None:
+    """The aorta and the esophagus through the chest, then lung beside the upper mediastinum."""
+    _paint(canvas, _tube(rng, body, *AORTA), ID["aorta"], tones["aorta"])
+    _paint(canvas, _tube(rng, body, *ESOPHAGUS), ID["esophagus"], tones["esophagus"])
+    # Below the heart's top the abdomen's chest is right; above it the lungs close in round
+    # the trachea, esophagus and great vessels: what the mediastinum leaves free is lung.
+    block = canvas.block((-np.inf, -np.inf, MEDIASTINUM_FROM_Z_MM), (np.inf, np.inf, np.inf))
+    if block is None:
+        return
+    x, y = body.nominal_xy(block)
+    centre, semi_axes = MEDIASTINUM_MM
+    outside = np.hypot((x - centre[0]) / semi_axes[0], (y - centre[1]) / semi_axes[1]) > 1
+    inside_ribs = body.level(block, body.wall_mm) < 1
+    canvas.paint(block, outside & inside_ribs, tones["lung"], PROTECTED, free_only=True, texture_hu=15)
+
+
+def _tube(rng: np.random.Generator, body: Body, nominal, radii) -> Tube:
+    return tube(body.place(nominal) + rng.normal(0, 3, 3), np.asarray(radii, float) * body.size)
+
+
+def _paint(canvas: Canvas, shape: Tube, label: int, hu: float) -> None:
+    block = canvas.block(*shape.bounds())
+    if block is not None:
+        canvas.paint(block, shape.level(block) < 1, hu, label, free_only=True)
