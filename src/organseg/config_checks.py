@@ -17,7 +17,7 @@ LR_SCHEDULES = ("halving", "poly")
 PHANTOM_PHASES = ("non-contrast", "arterial", "portal-venous", "delayed")
 PHANTOM_FIELDS_OF_VIEW = ("upper-abdomen", "abdomen-pelvis", "thorax-abdomen")
 PHANTOM_APPEARANCES = ("realistic", "random")
-PHANTOM_ARTEFACTS = ("none", "metal")  # metal: implants and their streaks (organseg.phantom.metal)
+PHANTOM_ARTEFACTS = ("none", "metal")  # metal: implants and their streaks (organseg.phantom.implants, streaks)
 MIXED = "mixed"  # a phase, field of view, appearance or artefact drawn per case
 
 

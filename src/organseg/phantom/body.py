@@ -7,6 +7,7 @@ the axes) and scale with each case's body size.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -117,16 +118,35 @@ def paint_back_muscles(canvas: Canvas, body: Body, tones: dict[str, float]) -> N
     canvas.paint(block, paraspinal | psoas, tones["muscle"], PROTECTED, free_only=False)
 
 
-def paint_spine(canvas: Canvas, rng: np.random.Generator, body: Body, tones: dict[str, float]) -> None:
+class Spine(NamedTuple):
+    """Where the vertebrae lie: one vertebra and disc every `period_mm`, shifted by `offset` of a period."""
+
+    period_mm: float
+    offset: float
+
+    def body_centres_mm(self, low_mm: float, high_mm: float) -> np.ndarray:
+        """Heights of the vertebral bodies' centres between `low_mm` and `high_mm`."""
+        first, last = np.ceil(low_mm / self.period_mm) - 1, np.floor(high_mm / self.period_mm) + 1
+        centres = (np.arange(first, last + 1) + VERTEBRA_MIDDLE - self.offset) * self.period_mm
+        return centres[(centres >= low_mm) & (centres <= high_mm)]
+
+
+# The first 22% of each period is disc; a vertebral body's middle lies at 61% of it.
+DISC = 0.22
+VERTEBRA_MIDDLE = (1 + DISC) / 2
+
+
+def paint_spine(canvas: Canvas, rng: np.random.Generator, body: Body, tones: dict[str, float]) -> Spine:
     """Vertebrae (cortical shell, cancellous core, discs between them) and the spinal canal."""
+    spine = Spine(rng.uniform(30, 36), rng.uniform(0, 1))
     block = canvas.block(body.place([-60, 25, -np.inf]), body.place([60, 120, np.inf]))
     if block is None:
-        return
+        return spine
     x, y = body.nominal_xy(block)
-    period = rng.uniform(30, 36)
-    # Position within one vertebra + disc period; the first 22% of each period is disc.
-    phase = (block.z / period + rng.uniform(0, 1)) % 1.0
-    disc = phase < 0.22
+    period = spine.period_mm
+    # Position within one vertebra + disc period.
+    phase = (block.z / period + spine.offset) % 1.0
+    disc = phase < DISC
     vertebral_body = np.hypot(x / 22, (y - 50) / 17)
     canal = np.hypot(x, y - 76) / 8
     arch = (canal > 1) & (canal < 1.7) & (y > 70)
@@ -140,18 +160,25 @@ def paint_spine(canvas: Canvas, rng: np.random.Generator, body: Body, tones: dic
     shell = ((vertebral_body >= 0.82) & (vertebral_body < 1) & ~disc) | posterior
     canvas.paint(block, shell, tones["cortical bone"], PROTECTED, free_only=False, texture_hu=40)
     canvas.paint(block, canal < 1, tones["csf"], PROTECTED, free_only=False)
+    return spine
 
 
 # Heights (model mm) where the ribs leave the spine: the 7th to 12th; the last two float (short).
 LOWER_RIBS_MM = (178, 152, 126, 100, 76, 54)
+RIB, FLOATING_RIB = (2.0, 2.5), (1.2, 1.6)  # how far round the body a rib reaches, radians from the spine
+RIB_DROP_MM = 35.0  # ribs descend about this much per radian as they wrap round to the front
+RIB_RADIUS_MM = 5.5
 
 
 def paint_ribs(
     canvas: Canvas, rng: np.random.Generator, body: Body, tones: dict[str, float], heights=LOWER_RIBS_MM, floating=2
 ) -> None:
     """Ribs leaving the spine at `heights`: rods along the inner body wall that run down towards the front."""
-    # A rib wraps up to 2.5 radians round, descending about 35 mm per radian.
-    block = canvas.block((-np.inf, -np.inf, min(heights) - 74), (np.inf, np.inf, np.inf))
+    # A rib wraps round up to its length in radians, descending RIB_DROP_MM per radian, give or
+    # take 3 sd of its height and its radius.
+    lengths = [FLOATING_RIB if index >= len(heights) - floating else RIB for index in range(len(heights))]
+    lowest = min(z - RIB_DROP_MM * length[1] for z, length in zip(heights, lengths)) - 12 - RIB_RADIUS_MM
+    block = canvas.block((-np.inf, -np.inf, lowest), (np.inf, np.inf, np.inf))
     if block is None:
         return
     level = body.level(block, body.fat_mm + 0.6 * body.muscle_mm)
@@ -162,13 +189,14 @@ def paint_ribs(
     # Angle from the spine: 0 at the back, pi/2 at the side, pi at the front.
     around = np.arctan2(np.abs(x) / body.half_width_mm, y / body.half_depth_mm)
     distances = np.full(near.shape, np.inf, np.float32)
-    for index, z_back in enumerate(heights):
+    for z_back, lengths_range in zip(heights, lengths):
         for side in (x > 0, x <= 0):
-            length = rng.uniform(1.2, 1.6) if index >= len(heights) - floating else rng.uniform(2.0, 2.5)
-            height = z_back + rng.normal(0, 4) - 35 * around
+            length = rng.uniform(*lengths_range)
+            height = z_back + rng.normal(0, 4) - RIB_DROP_MM * around
             on_rib = side & (around > 0.35) & (around < length)
             distances = np.where(on_rib, np.minimum(distances, np.hypot(from_wall_mm, z - height)), distances)
-    for inner, tissue in ((distances < 3, "cancellous bone"), ((distances >= 3) & (distances < 5.5), "cortical bone")):
+    shell = (distances >= 3) & (distances < RIB_RADIUS_MM)
+    for inner, tissue in ((distances < 3, "cancellous bone"), (shell, "cortical bone")):
         mask = np.zeros(block.x.shape, bool)
         mask.ravel()[near[inner]] = True
         canvas.paint(block, mask, tones[tissue], PROTECTED, free_only=False)

@@ -8,9 +8,10 @@ from organseg.geometry import Geometry
 from organseg.io import Volume
 from organseg.phantom import body as anatomy
 from organseg.phantom.canvas import PROTECTED, Canvas, SmoothField
-from organseg.phantom.metal import ARTEFACTS, NO_ARTEFACTS, choose_implants, metal_streaks, paint_implants
+from organseg.phantom.implants import ARTEFACTS, NO_ARTEFACTS, choose_implants, paint_implants
 from organseg.phantom.organs import paint_organs
 from organseg.phantom.pelvis import Hips, paint_pelvis
+from organseg.phantom.streaks import metal_streaks
 from organseg.phantom.thorax import TOP_Z_MM as THORAX_TOP_Z_MM
 from organseg.phantom.thorax import paint_thoracic_organs, paint_thorax
 from organseg.phantom.tones import APPEARANCES, PORTAL_VENOUS, REALISTIC, random_tones, sample_tones, scanner_image
@@ -62,7 +63,7 @@ def generate_case(
         appearance: "realistic" (intensities of `phase`) or "random" (every tissue's mean
             HU drawn at random, `phase` then only names the case; organseg.phantom.tones).
         artefacts: "none", or "metal": a spinal fixation or hip prostheses and the streaks
-            they cause (organseg.phantom.metal); the labels are those of the same seed without.
+            they cause (organseg.phantom.implants, .streaks); the labels are those of the same seed without.
     """
     _check_arguments(seed, field_of_view, appearance, artefacts)
     header_rng, anatomy_rng, scanner_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
@@ -101,22 +102,24 @@ def _paint_case(
     canvas: Canvas, seed: int, rng: np.random.Generator, body, tones, field_of_view: str, artefacts: str, drop_organs
 ) -> np.ndarray:
     """Paint the ideal HU image on `canvas`; returns the label map (organ ids, 0 elsewhere)."""
-    # The pelvis, the chest and the metal draw from streams of their own: the rest of a
+    # The pelvis, the metal and the chest draw from streams of their own: the rest of a
     # seed's anatomy is the same in every field of view, with and without metal.
     streams = [np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(key,))) for key in (5, 6, 7)]
     pelvis_rng, metal_rng, thorax_rng = streams
-    hips = _paint_background(canvas, rng, body, tones, pelvis_rng if field_of_view == "abdomen-pelvis" else None)
+    pelvis_rng = pelvis_rng if field_of_view == "abdomen-pelvis" else None
+    spine, hips = _paint_background(canvas, rng, body, tones, pelvis_rng)
     if field_of_view == THORAX_ABDOMEN:
         paint_thorax(canvas, thorax_rng, body, tones)
-    if artefacts != NO_ARTEFACTS:
-        paint_implants(canvas, metal_rng, body, choose_implants(metal_rng, hips), hips)
     paint_organs(canvas, rng, body, tones, drop_organs)
     if field_of_view == THORAX_ABDOMEN:
         paint_thoracic_organs(canvas, thorax_rng, body, tones)
+    if artefacts != NO_ARTEFACTS:
+        implants = choose_implants(metal_rng, hips, float(canvas.first_mm[2]))
+        paint_implants(canvas, metal_rng, body, implants, spine, hips)
     labels = canvas.labels
     labels[labels == PROTECTED] = 0
     if artefacts != NO_ARTEFACTS:
-        canvas.hu += metal_streaks(canvas.hu, float(canvas.step_mm[0]), metal_rng)
+        canvas.hu += metal_streaks(canvas.hu, canvas.step_mm, metal_rng)
     return labels
 
 
@@ -153,18 +156,18 @@ def _make_canvas(
 
 def _paint_background(
     canvas: Canvas, rng: np.random.Generator, body: anatomy.Body, tones, pelvis_rng: np.random.Generator | None
-) -> Hips | None:
+) -> tuple[anatomy.Spine, Hips | None]:
     """Body wall, bones, chest, table, pelvis (with `pelvis_rng`) and bowel, in the order in which they may
-    overwrite each other; where the pelvis put the hips, if it is drawn."""
+    overwrite each other; where the vertebrae and (if the pelvis is drawn) the hips are."""
     anatomy.paint_wall(canvas, body, tones)
     anatomy.paint_back_muscles(canvas, body, tones)
-    anatomy.paint_spine(canvas, rng, body, tones)
+    spine = anatomy.paint_spine(canvas, rng, body, tones)
     anatomy.paint_ribs(canvas, rng, body, tones)
     anatomy.paint_chest(canvas, rng, body, tones)
     anatomy.paint_table(canvas, body, tones)
     hips = None if pelvis_rng is None else paint_pelvis(canvas, pelvis_rng, body, tones)
     anatomy.paint_bowel(canvas, rng, body, tones)
-    return hips
+    return spine, hips
 
 
 def _sample_geometry(rng: np.random.Generator, shape, step_mm: np.ndarray) -> Geometry:

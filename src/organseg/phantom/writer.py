@@ -13,7 +13,7 @@ from organseg.errors import InputError
 from organseg.io import Volume, write_label, write_volume
 from organseg.labels import FLARE22
 from organseg.phantom.case import FIELDS_OF_VIEW, UPPER_ABDOMEN, generate_case
-from organseg.phantom.metal import ARTEFACTS, NO_ARTEFACTS
+from organseg.phantom.implants import ARTEFACTS, NO_ARTEFACTS
 from organseg.phantom.orientations import ORIENTATIONS, orient
 from organseg.phantom.tones import APPEARANCES, PHASES, PORTAL_VENOUS, REALISTIC
 from organseg.progress import progress_bar
@@ -76,7 +76,7 @@ def write_dataset(
         appearance: "realistic", "random" (every tissue's intensity drawn at random, see
             organseg.phantom.tones) or "mixed"; other than realistic, dataset.json's
             `appearances` names each case's.
-        artefacts: "none", "metal" (implants and their streaks, organseg.phantom.metal) or
+        artefacts: "none", "metal" (implants and their streaks: organseg.phantom.implants, .streaks) or
             "mixed"; other than none, dataset.json's `artefacts` names each case's.
     """
     out = Path(out)
