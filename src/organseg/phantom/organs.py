@@ -41,7 +41,7 @@ def _paint_solid(canvas: Canvas, shapes, label: int, hu: float, texture_hu: floa
     canvas.paint(block, inside, hu, label, free_only=True, texture_hu=texture_hu)
 
 
-def _paint_tube(canvas: Canvas, shape: Tube, label: int, hu: float, texture_hu: float = 5.0) -> None:
+def paint_tube(canvas: Canvas, shape: Tube, label: int, hu: float, texture_hu: float = 5.0) -> None:
     block = canvas.block(*shape.bounds())
     if block is not None:
         canvas.paint(block, shape.level(block) < 1, hu, label, free_only=True, texture_hu=texture_hu)
@@ -56,7 +56,7 @@ def paint_vessels(canvas: Canvas, rng: np.random.Generator, body: Body, tones: d
     }
     for name, (nominal, radii) in tubes.items():
         shape = tube(_points(rng, body, nominal, 3), _size(rng, body, radii))
-        _paint_tube(canvas, shape, ID[name], tones[name])
+        paint_tube(canvas, shape, ID[name], tones[name])
 
 
 def paint_adrenals(canvas: Canvas, rng: np.random.Generator, body: Body, tones: dict[str, float], absent) -> None:
@@ -68,7 +68,7 @@ def paint_adrenals(canvas: Canvas, rng: np.random.Generator, body: Body, tones: 
     for name, nominal in limbs.items():
         shape = tube(_points(rng, body, nominal, 3), _size(rng, body, [4.5, 5, 4.5]))
         if ID[name] not in absent:
-            _paint_tube(canvas, shape, ID[name], tones["adrenal gland"], texture_hu=3)
+            paint_tube(canvas, shape, ID[name], tones["adrenal gland"], texture_hu=3)
 
 
 def paint_kidneys(canvas: Canvas, rng: np.random.Generator, body: Body, tones: dict[str, float]) -> None:
@@ -138,7 +138,7 @@ def paint_pancreas(canvas: Canvas, rng: np.random.Generator, body: Body, tones: 
     nominal = [(-30, 6, -30), (-33, -6, -10), (-8, -18, 4), (28, -14, 14), (62, 8, 24), (82, 30, 30)]
     shape = tube(_points(rng, body, nominal, 4), _size(rng, body, [12, 17, 11, 11, 10, 8], 0.15))
     # Lobulated glandular tissue: more texture than other organs.
-    _paint_tube(canvas, shape, ID["pancreas"], tones["pancreas"], texture_hu=10)
+    paint_tube(canvas, shape, ID["pancreas"], tones["pancreas"], texture_hu=10)
 
 
 def paint_stomach(canvas: Canvas, rng: np.random.Generator, body: Body, tones: dict[str, float]) -> None:
@@ -203,7 +203,7 @@ def paint_other_vessels(canvas: Canvas, rng: np.random.Generator, body: Body, to
     ]
     for tissue, paths in (("vein", veins), ("artery", arteries)):
         for nominal, radii in paths:
-            _paint_tube(canvas, tube(_points(rng, body, nominal, 3), _size(rng, body, radii)), FREE, tones[tissue])
+            paint_tube(canvas, tube(_points(rng, body, nominal, 3), _size(rng, body, radii)), FREE, tones[tissue])
 
 
 def absent_organs(rng: np.random.Generator, drop_organs: bool) -> set[int]:

@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from organseg.labels import FLARE22
 from organseg.phantom.body import Body, paint_ribs
 from organseg.phantom.canvas import FREE, PROTECTED, Canvas
+from organseg.phantom.organs import ID, paint_tube
 from organseg.phantom.shapes import Tube, tube
-
-ID = {name: label for label, name in FLARE22.names}
 
 TOP_Z_MM = (300.0, 360.0)
 UPPER_RIBS_MM = (334, 308, 282, 256, 230, 204)  # where the 1st to 6th ribs leave the spine
@@ -64,16 +62,14 @@ def paint_thorax(canvas: Canvas, rng: np.random.Generator, body: Body, tones: di
             level = airway.level(block)
             canvas.paint(block, level < 1.3, tones["muscle"], PROTECTED, free_only=False)  # the cartilage rings
             canvas.paint(block, level < 1, tones["air"], PROTECTED, free_only=False, texture_hu=0)
-    vein = _tube(rng, body, *SUPERIOR_VENA_CAVA)  # claimed, so that the lungs' filling leaves it
-    block = canvas.block(*vein.bounds())
-    if block is not None:
-        canvas.paint(block, vein.level(block) < 1, tones["vein"], PROTECTED, free_only=True)
+    # Claimed (protected), so that the lungs' filling leaves it.
+    paint_tube(canvas, _tube(rng, body, *SUPERIOR_VENA_CAVA), PROTECTED, tones["vein"])
 
 
 def paint_thoracic_organs(canvas: Canvas, rng: np.random.Generator, body: Body, tones: dict[str, float]) -> None:
     """The aorta and the esophagus through the chest, then lung beside the upper mediastinum."""
-    _paint(canvas, _tube(rng, body, *AORTA), ID["aorta"], tones["aorta"])
-    _paint(canvas, _tube(rng, body, *ESOPHAGUS), ID["esophagus"], tones["esophagus"])
+    paint_tube(canvas, _tube(rng, body, *AORTA), ID["aorta"], tones["aorta"])
+    paint_tube(canvas, _tube(rng, body, *ESOPHAGUS), ID["esophagus"], tones["esophagus"])
     # Below the heart's top the abdomen's chest is right; above it the lungs close in round
     # the trachea, esophagus and great vessels: what the mediastinum leaves free is lung.
     block = canvas.block((-np.inf, -np.inf, MEDIASTINUM_FROM_Z_MM), (np.inf, np.inf, np.inf))
@@ -105,9 +101,3 @@ def _open_the_upper_mediastinum(canvas: Canvas, body: Body, tones: dict[str, flo
 
 def _tube(rng: np.random.Generator, body: Body, nominal, radii) -> Tube:
     return tube(body.place(nominal) + rng.normal(0, 3, 3), np.asarray(radii, float) * body.size)
-
-
-def _paint(canvas: Canvas, shape: Tube, label: int, hu: float) -> None:
-    block = canvas.block(*shape.bounds())
-    if block is not None:
-        canvas.paint(block, shape.level(block) < 1, hu, label, free_only=True)
