@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from bench_cpu_inference import machine
 
 from organseg.config import resolve_config
 from organseg.dataset import discover_dataset
@@ -131,15 +131,8 @@ def _fully_labeled_twin(data: Path, twin: Path, seed: int, partial: int, shape) 
     return twin
 
 
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def summarise(results: dict[int, dict]) -> str:
-    lines = [f"machine: {_cpu_model()}, seeds {sorted(results)}", ""]
+    lines = [f"machine: {machine()['cpu']}, seeds {sorted(results)}", ""]
     lines += ["| seed | " + " | ".join(MODELS) + " |", "|---" * (len(MODELS) + 1) + "|"]
     for seed, scores in sorted(results.items()):
         cells = [f"{scores[m]['mean_dsc']:.3f} / {scores[m]['mean_nsd']:.3f}" if m in scores else "-" for m in MODELS]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cc3d
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -196,6 +197,16 @@ def test_organs_touch_where_real_ones_do(cases):
         for first, second in touching:
             grown = ndimage.binary_dilation(labels.array == ID[first], iterations=2)
             assert (grown & (labels.array == ID[second])).any(), f"{first} does not touch {second}"
+
+
+@pytest.mark.parametrize("field_of_view, seed", [("upper-abdomen", 3), ("upper-abdomen", 7), ("thorax-abdomen", 0)])
+def test_the_great_vessels_and_the_esophagus_cross_the_diaphragm_and_pass_the_heart_in_one_piece(field_of_view, seed):
+    # Through the diaphragm's hiatuses, and the esophagus behind the heart, not through it.
+    _, labels = generate_case(seed, (96, 96, 120), field_of_view=field_of_view)
+    for name in ("aorta", "inferior vena cava", "esophagus"):
+        components = cc3d.connected_components(labels.array == ID[name], connectivity=26)
+        sizes = np.bincount(components.ravel())[1:]
+        assert sizes.max() > 0.98 * sizes.sum(), (name, sizes)
 
 
 def test_write_dataset_layout_and_contents(tmp_path):

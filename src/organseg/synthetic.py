@@ -93,7 +93,7 @@ def _settings(config: Config, label_set: LabelSet) -> dict:
         "appearance": synthetic.appearance,
         "artefacts": synthetic.artefacts,
         "labels": label_set.to_json(),
-        "version": 2,
+        "version": 3,  # raised whenever the generator draws the phantoms of a seed differently
     }
 
 

@@ -11,11 +11,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from organseg.phantom.canvas import FREE, PROTECTED, Canvas, SmoothField
+from organseg.phantom.canvas import DIAPHRAGM, FREE, PROTECTED, Canvas, SmoothField
 from organseg.phantom.shapes import ellipsoid
 
 # Inner size of the nominal abdominal cavity (half width, front and back half depths); organs scale with it.
 NOMINAL_CAVITY_MM = (133.0, 88.0, 80.0)
+# The heart's back wall (nominal y, mm): in front of the esophagus (y >= 5 at its front), which it would cut.
+HEART_BACK_Y_MM = 0.0
 # The back rests on the table, so it is flatter and shallower than the belly.
 BACK_DEPTH = 0.93
 # Exponent of the outline behind the spine's front (a superellipse; 2 is an ellipse). The
@@ -216,10 +218,11 @@ def paint_chest(canvas: Canvas, rng: np.random.Generator, body: Body, tones: dic
     dome = np.maximum(*domes)
     inside = body.level(block, body.wall_mm) < 1
     mediastinum = (np.abs(x - 8) < 34) & (y > -10)
-    # The heart rests on the central part of the diaphragm, in front and to the left.
-    heart = ellipsoid(rng, body.place([20, -40, 150]), [80, 55, 58]).level(block) < 1
+    # The heart rests on the central part of the diaphragm, in front and to the left; its
+    # back wall stops in front of the esophagus and the aorta.
+    heart = (ellipsoid(rng, body.place([20, -40, 150]), [80, 55, 58]).level(block) < 1) & (y < HEART_BACK_Y_MM)
     above = inside & (block.z > dome)
-    canvas.paint(block, inside & (block.z > dome - 5) & ~above, tones["muscle"], PROTECTED, free_only=False)
+    canvas.paint(block, inside & (block.z > dome - 5) & ~above, tones["muscle"], DIAPHRAGM, free_only=False)
     canvas.paint(block, above & heart, tones["heart"], PROTECTED, free_only=False, texture_hu=10)
     lung = above & ~heart & ~mediastinum
     canvas.paint(block, lung, tones["lung"], PROTECTED, free_only=False, texture_hu=15)

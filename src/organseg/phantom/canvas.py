@@ -19,6 +19,9 @@ import numpy as np
 # Label for tissue that organs may not grow into (bone, lung, body wall); cleared at the end.
 PROTECTED = 255
 FREE = 0
+# Label for the diaphragm: protected from organs, except the tubes that pass through its
+# hiatuses (aorta, inferior vena cava, esophagus); cleared at the end.
+DIAPHRAGM = 254
 
 
 class SmoothField:
@@ -115,15 +118,21 @@ class Canvas:
     def everywhere(self) -> Block:
         return self.block((-np.inf,) * 3, (np.inf,) * 3)
 
-    def paint(self, block: Block, mask: np.ndarray, hu, label: int, *, free_only: bool, texture_hu: float = 5.0):
+    def paint(
+        self, block: Block, mask: np.ndarray, hu, label: int, *, free_only: bool, texture_hu: float = 5.0, crossing=()
+    ):
         """Set label and HU where `mask`; `free_only` keeps voxels already claimed by others.
 
         `hu` is a number or an array of the block's shape; `texture_hu` adds smooth
-        low-frequency texture of that standard deviation.
+        low-frequency texture of that standard deviation. With `free_only`, voxels labeled
+        one of `crossing` are taken too (a tube through the diaphragm).
         """
         labels = self.labels[block.slices]
         if free_only:
-            mask = mask & (labels == FREE)
+            claimable = labels == FREE
+            for label_crossed in crossing:
+                claimable |= labels == label_crossed
+            mask = mask & claimable
         values = np.broadcast_to(np.asarray(hu, np.float32), mask.shape)[mask]
         if texture_hu:
             if block.texture is None:

@@ -14,7 +14,7 @@ import numpy as np
 
 from organseg.labels import FLARE22
 from organseg.phantom.body import Body
-from organseg.phantom.canvas import FREE, Canvas, SmoothField
+from organseg.phantom.canvas import DIAPHRAGM, FREE, Canvas, SmoothField
 from organseg.phantom.shapes import Tube, ellipsoid, pointing, tube, union_bounds, union_level
 
 ID = {name: label for label, name in FLARE22.names}
@@ -41,10 +41,10 @@ def _paint_solid(canvas: Canvas, shapes, label: int, hu: float, texture_hu: floa
     canvas.paint(block, inside, hu, label, free_only=True, texture_hu=texture_hu)
 
 
-def paint_tube(canvas: Canvas, shape: Tube, label: int, hu: float, texture_hu: float = 5.0) -> None:
+def paint_tube(canvas: Canvas, shape: Tube, label: int, hu: float, texture_hu: float = 5.0, crossing=()) -> None:
     block = canvas.block(*shape.bounds())
     if block is not None:
-        canvas.paint(block, shape.level(block) < 1, hu, label, free_only=True, texture_hu=texture_hu)
+        canvas.paint(block, shape.level(block) < 1, hu, label, free_only=True, texture_hu=texture_hu, crossing=crossing)
 
 
 def paint_vessels(canvas: Canvas, rng: np.random.Generator, body: Body, tones: dict[str, float]) -> None:
@@ -56,7 +56,7 @@ def paint_vessels(canvas: Canvas, rng: np.random.Generator, body: Body, tones: d
     }
     for name, (nominal, radii) in tubes.items():
         shape = tube(_points(rng, body, nominal, 3), _size(rng, body, radii))
-        paint_tube(canvas, shape, ID[name], tones[name])
+        paint_tube(canvas, shape, ID[name], tones[name], crossing=(DIAPHRAGM,))
 
 
 def paint_adrenals(canvas: Canvas, rng: np.random.Generator, body: Body, tones: dict[str, float], absent) -> None:
