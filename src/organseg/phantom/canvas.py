@@ -22,6 +22,7 @@ FREE = 0
 # Label for the diaphragm: protected from organs, except the tubes that pass through its
 # hiatuses (aorta, inferior vena cava, esophagus); cleared at the end.
 DIAPHRAGM = 254
+NO_ORGAN = (FREE, DIAPHRAGM, PROTECTED)  # the labels of voxels that no organ holds
 
 
 class SmoothField:

@@ -7,7 +7,7 @@ import numpy as np
 from organseg.geometry import Geometry
 from organseg.io import Volume
 from organseg.phantom import body as anatomy
-from organseg.phantom.canvas import DIAPHRAGM, PROTECTED, Canvas, SmoothField
+from organseg.phantom.canvas import NO_ORGAN, Canvas, SmoothField
 from organseg.phantom.implants import ARTEFACTS, NO_ARTEFACTS, choose_implants, paint_implants
 from organseg.phantom.organs import paint_organs
 from organseg.phantom.pelvis import Hips, paint_pelvis
@@ -117,7 +117,7 @@ def _paint_case(
         implants = choose_implants(metal_rng, hips, float(canvas.first_mm[2]))
         paint_implants(canvas, metal_rng, body, implants, spine, hips)
     labels = canvas.labels
-    labels[np.isin(labels, (PROTECTED, DIAPHRAGM))] = 0
+    labels[np.isin(labels, NO_ORGAN)] = 0
     if artefacts != NO_ARTEFACTS:
         canvas.hu += metal_streaks(canvas.hu, canvas.step_mm, metal_rng)
     return labels

@@ -10,7 +10,7 @@ import numpy as np
 
 from organseg.config_checks import PHANTOM_ARTEFACTS
 from organseg.phantom.body import Body, Spine
-from organseg.phantom.canvas import DIAPHRAGM, FREE, PROTECTED, Canvas
+from organseg.phantom.canvas import NO_ORGAN, PROTECTED, Canvas
 from organseg.phantom.pelvis import Hips
 from organseg.phantom.shapes import segment_distance
 
@@ -44,7 +44,7 @@ def paint_implants(
         else:
             block, distance = _hip_prosthesis(canvas, body, hips, -1 if implant == "right hip" else 1)
         if block is not None:
-            no_organ = np.isin(canvas.labels[block.slices], (FREE, PROTECTED, DIAPHRAGM))
+            no_organ = np.isin(canvas.labels[block.slices], NO_ORGAN)
             canvas.paint(block, (distance < 0) & no_organ, metal_hu, PROTECTED, free_only=False, texture_hu=0)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from organseg.phantom.body import Body, paint_ribs
-from organseg.phantom.canvas import DIAPHRAGM, FREE, PROTECTED, Canvas
+from organseg.phantom.canvas import FREE, PROTECTED, Canvas
 from organseg.phantom.organs import ID, paint_tube
 from organseg.phantom.shapes import Tube, tube
 
@@ -68,8 +68,8 @@ def paint_thorax(canvas: Canvas, rng: np.random.Generator, body: Body, tones: di
 
 def paint_thoracic_organs(canvas: Canvas, rng: np.random.Generator, body: Body, tones: dict[str, float]) -> None:
     """The aorta and the esophagus through the chest, then lung beside the upper mediastinum."""
-    paint_tube(canvas, _tube(rng, body, *AORTA), ID["aorta"], tones["aorta"], crossing=(DIAPHRAGM,))
-    paint_tube(canvas, _tube(rng, body, *ESOPHAGUS), ID["esophagus"], tones["esophagus"], crossing=(DIAPHRAGM,))
+    paint_tube(canvas, _tube(rng, body, *AORTA), ID["aorta"], tones["aorta"])
+    paint_tube(canvas, _tube(rng, body, *ESOPHAGUS), ID["esophagus"], tones["esophagus"])
     # Below the heart's top the abdomen's chest is right; above it the lungs close in round
     # the trachea, esophagus and great vessels: what the mediastinum leaves free is lung.
     block = canvas.block((-np.inf, -np.inf, MEDIASTINUM_FROM_Z_MM), (np.inf, np.inf, np.inf))
