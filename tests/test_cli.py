@@ -74,3 +74,18 @@ def test_internal_errors_are_one_line_too(monkeypatch, capsys) -> None:
     assert main(["check", "whatever"]) == 1
     error = capsys.readouterr().err
     assert error.strip() == "organseg: error: internal error: RuntimeError: boom (rerun with --debug for the traceback)"
+
+
+def test_ssl_resume_may_add_rounds_but_not_drop_them(tmp_path: Path) -> None:
+    from organseg.config import load_config, resolve_config, save_config
+
+    run_dir = tmp_path / "ssl"
+    run_dir.mkdir()
+    save_config(resolve_config("tiny", overrides=["ssl.rounds=2"]), run_dir / "config.json")
+    assert run("phantom", str(tmp_path / "data"), "--labeled", "2", "--unlabeled", "1", "--test", "0").returncode == 0
+    result = run("ssl", str(tmp_path / "data"), str(run_dir), "--resume", "--rounds", "1")
+    assert_one_line_error(result, str(run_dir), "has 2 rounds", "--rounds 2 or more")
+    assert load_config(run_dir / "config.json").ssl.rounds == 2
+    result = run("ssl", str(tmp_path / "data"), str(run_dir), "--resume", "--rounds", "3", "--set", "seed=1")
+    assert_one_line_error(result, "--resume continues a run with its saved settings")
+    assert load_config(run_dir / "config.json").ssl.rounds == 2

@@ -27,7 +27,7 @@ from organseg.labels import IGNORE_LABEL
 from organseg.phantom import write_dataset
 from organseg.pseudolabel import clean_pseudo_label, decide, read_scores, run_pseudo_labeling
 from organseg.runs import TrainingInputs, run_training
-from organseg.selftraining import choose_shipped, rounds_table, run_ssl
+from organseg.selftraining import add_rounds, choose_shipped, rounds_table, run_ssl
 
 SHAPE = (48, 48, 24)
 TINY = ["stage1.epochs=2", "stage2.epochs=2"]
@@ -250,6 +250,15 @@ def test_ssl_rounds_keep_every_model_manifest_and_metric(phantoms: Path, tmp_pat
     assert again["rounds"] == summary["rounds"]
     with pytest.raises(InputError, match="already holds a self-training run"):
         run_ssl(discover_dataset(phantoms), run_dir, resolve_config("tiny"), "cpu")
+
+    # a finished run takes one more round; the finished ones stay as they are
+    with pytest.raises(InputError, match="has 2 rounds and --rounds can only add some"):
+        add_rounds(run_dir, 1)
+    add_rounds(run_dir, 3)
+    longer = run_ssl(discover_dataset(phantoms), run_dir, None, "cpu")
+    assert [r["round"] for r in longer["rounds"]] == [0, 1, 2, 3] and longer["rounds"][:3] == summary["rounds"]
+    assert (run_dir / "round2" / "stage2" / "last.pt").stat().st_mtime_ns == stamp
+    assert f"starting from the weights of {run_dir / 'round2' / 'stage2' / 'best.pt'}" in caplog.text
 
 
 def test_ssl_needs_unlabeled_images(tmp_path: Path) -> None:

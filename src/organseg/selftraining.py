@@ -19,7 +19,7 @@ Every round folder is a complete run for `organseg predict`. All rounds validate
 same held-out labeled cases, so their figures compare, and the best of them by mean
 validation DSC is shipped: a round that made the model worse is not the answer. `--resume`
 continues where a run stopped: finished rounds are kept, an interrupted training or
-pseudo-labeling goes on.
+pseudo-labeling goes on; with a larger `--rounds` it adds students to a finished run.
 """
 
 from __future__ import annotations
@@ -126,6 +126,20 @@ def _ssl_config(run_dir: Path, config: Config | None) -> Config:
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, saved)
     return config
+
+
+def add_rounds(run_dir: Path, rounds: int) -> None:
+    """Let a self-training run go on to `rounds` students: its finished rounds are kept, `--resume` adds the rest."""
+    saved = Path(run_dir) / "config.json"
+    if not saved.is_file():
+        raise InputError(f"{run_dir}: nothing to resume (no config.json); start without --resume")
+    config = load_config(saved)
+    if rounds < config.ssl.rounds:
+        raise InputError(
+            f"{run_dir}: the run has {config.ssl.rounds} rounds and --rounds can only add some; "
+            f"give --rounds {config.ssl.rounds} or more, or start a new RUN_DIR"
+        )
+    save_config(replace(config, ssl=replace(config.ssl, rounds=rounds)), saved)
 
 
 def _pseudo_cases(

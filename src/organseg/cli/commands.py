@@ -151,10 +151,15 @@ def _as_overrides(ssl_settings) -> list[str]:
 
 
 def run_ssl(args: argparse.Namespace) -> None:
+    from organseg.selftraining import add_rounds
     from organseg.selftraining import run_ssl as run_rounds
 
-    config = _settings(args, [f"ssl.rounds={args.rounds}"] if args.rounds is not None else [])
-    shipped = run_rounds(_dataset_from_args(args), args.run_dir, config, args.device)["shipped"]
+    more_rounds = args.resume and args.rounds is not None
+    config = _settings(args, [f"ssl.rounds={args.rounds}"] if args.rounds is not None and not more_rounds else [])
+    dataset = _dataset_from_args(args)
+    if more_rounds:
+        add_rounds(args.run_dir, args.rounds)
+    shipped = run_rounds(dataset, args.run_dir, config, args.device)["shipped"]
     print(f"rounds in {args.run_dir}; table: {args.run_dir / 'rounds.md'}")
     print(f"shipped: {shipped['model_dir']}, {shipped['reason']}")
     print(f"predict with it: organseg predict {shipped['model_dir']} IN OUT")

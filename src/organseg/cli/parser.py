@@ -285,13 +285,16 @@ def _add_ssl(subcommands: argparse._SubParsersAction) -> None:
         help="semi-supervised training: teacher, pseudo-labels, student, in rounds",
         description=(
             "Train a teacher on the labeled cases, pseudo-label the unlabeled images, train a student "
-            "from scratch on both, and repeat with the student as the next teacher. Every round's models, "
-            "manifests and validation metrics are kept in RUN_DIR/roundN."
+            "on both (from the teacher's weights, or from scratch with ssl.student_init=scratch), and "
+            "repeat with the student as the next teacher. Every round's models, manifests and validation "
+            "metrics are kept in RUN_DIR/roundN; the best round by validation is shipped."
         ),
     )
     _add_dataset_arguments(command)
     command.add_argument("run_dir", type=Path, help="folder for all rounds")
-    command.add_argument("--rounds", type=int, help="students after the teacher (default: ssl.rounds, 1)")
+    command.add_argument(
+        "--rounds", type=int, help="students after the teacher (default: ssl.rounds); with --resume, adds rounds"
+    )
     _add_settings_arguments(command)
     command.add_argument("--resume", action="store_true", help="continue an interrupted run")
     _add_device_argument(command)
@@ -351,9 +354,9 @@ def _add_demo(subcommands: argparse._SubParsersAction) -> None:
         help="the main job on built-in synthetic data",
         description=(
             "Generate a phantom dataset (few labeled, many unlabeled, a test set), train the full-supervision "
-            "model and the semi-supervised one (teacher, then two rounds of pseudo-labels and a student), evaluate "
-            "both on the test set, print the per-organ DSC/NSD table and write OUT/results.json. About 10 minutes "
-            "on 2 CPU cores with native bf16, longer in float32; --quick takes 1-3 minutes. A rerun in the same "
+            "model and the semi-supervised one (teacher, then three rounds of pseudo-labels and a student, the best "
+            "on the validation case shipped), evaluate both on the test set, print the per-organ DSC/NSD table and "
+            "write OUT/results.json. About 15 minutes on 2 CPU cores; --quick takes 1-3 minutes. A rerun in the same "
             "folder resumes."
         ),
     )
