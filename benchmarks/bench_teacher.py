@@ -20,11 +20,10 @@ from pathlib import Path
 
 import numpy as np
 from bench_cpu_inference import machine
+from bench_ssl_seeds import _dataset, _sd
 
 from organseg.config import resolve_config
-from organseg.dataset import discover_dataset
-from organseg.demo import DEMO_SETTINGS, FULL, score_on_test_set
-from organseg.phantom import write_dataset
+from organseg.demo import DEMO_SETTINGS, score_on_test_set
 from organseg.runs import TrainingInputs, choose_split, run_training
 
 DEVICE = "cpu"
@@ -51,9 +50,7 @@ def main() -> None:
 
 
 def run_seed(out: Path, seed: int, variants: dict[str, list[str]]) -> dict:
-    if not (out / "dataset" / "dataset.json").is_file():
-        write_dataset(out / "dataset", seed=seed, **FULL)
-    dataset = discover_dataset(out / "dataset")
+    dataset = _dataset(out / "dataset", seed, quick=False)
     return {
         "seed": seed,
         "test": {name: _teacher(dataset, out, name, seed, settings) for name, settings in variants.items()},
@@ -84,9 +81,8 @@ def summary_table(rows: list[dict], names: list[str]) -> str:
     lines += ["", f"paired differences in test mean DSC from `{BASELINE}`, per seed; mean +- sd:", ""]
     for name in names[1:]:
         differences = [row["test"][name]["mean_dsc"] - row["test"][BASELINE]["mean_dsc"] for row in rows]
-        sd = float(np.std(differences, ddof=1)) if len(differences) > 1 else 0.0
         per_seed = ", ".join(f"{d:+.3f}" for d in differences)
-        lines.append(f"- {name}: {per_seed}; {np.mean(differences):+.3f} +- {sd:.3f}")
+        lines.append(f"- {name}: {per_seed}; {np.mean(differences):+.3f} +- {_sd(differences):.3f}")
     return "\n".join(lines)
 
 

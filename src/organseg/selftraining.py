@@ -130,16 +130,13 @@ def _ssl_config(run_dir: Path, config: Config | None) -> Config:
 
 def add_rounds(run_dir: Path, rounds: int) -> None:
     """Let a self-training run go on to `rounds` students: its finished rounds are kept, `--resume` adds the rest."""
-    saved = Path(run_dir) / "config.json"
-    if not saved.is_file():
-        raise InputError(f"{run_dir}: nothing to resume (no config.json); start without --resume")
-    config = load_config(saved)
+    config = _ssl_config(Path(run_dir), None)
     if rounds < config.ssl.rounds:
         raise InputError(
             f"{run_dir}: the run has {config.ssl.rounds} rounds and --rounds can only add some; "
             f"give --rounds {config.ssl.rounds} or more, or start a new RUN_DIR"
         )
-    save_config(replace(config, ssl=replace(config.ssl, rounds=rounds)), saved)
+    save_config(replace(config, ssl=replace(config.ssl, rounds=rounds)), Path(run_dir) / "config.json")
 
 
 def _pseudo_cases(
