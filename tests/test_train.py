@@ -104,8 +104,14 @@ def test_a_deeply_supervised_run_predicts_like_a_plain_one(phantoms: Path, tmp_p
 
 @pytest.mark.parametrize(
     "settings",
-    [[], ["stage1.lr_schedule=poly", "stage1.net.deep_supervision=true"], ["precision=fp16"], ["workers=2"]],
-    ids=["halving", "poly-deep-supervision", "fp16-loss-scaling", "loader-workers"],
+    [
+        [],
+        ["stage1.lr_schedule=poly", "stage1.net.deep_supervision=true"],
+        ["precision=fp16"],
+        ["workers=2"],
+        ["stage1.weight_average=0.9"],
+    ],
+    ids=["halving", "poly-deep-supervision", "fp16-loss-scaling", "loader-workers", "weight-average"],
 )
 def test_resumed_training_ends_where_an_uninterrupted_one_does(
     phantoms: Path, tmp_path: Path, monkeypatch, settings: list[str]
@@ -132,8 +138,10 @@ def test_resumed_training_ends_where_an_uninterrupted_one_does(
     resumed = torch.load(tmp_path / "broken" / "stage1" / "last.pt", weights_only=True)
     assert resumed["epoch"] == straight["epoch"] == 3
     assert resumed["optimizer"]["param_groups"][0]["lr"] == straight["optimizer"]["param_groups"][0]["lr"]
-    for name, tensor in straight["model"].items():
-        assert torch.equal(tensor, resumed["model"][name]), name
+    for weights in ("model", "trained_model"):  # the average and the trained weights alike
+        for name, tensor in straight.get(weights, {}).items():
+            assert torch.equal(tensor, resumed[weights][name]), (weights, name)
+    assert resumed.get("averaged_steps") == straight.get("averaged_steps")
     assert ("scaler" in straight) == ("precision=fp16" in settings)  # fp16 resumes with its loss scale
     assert resumed.get("scaler") == straight.get("scaler")
 

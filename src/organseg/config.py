@@ -70,6 +70,9 @@ class StageConfig:
     lr_schedule: str = "halving"
     lr_halving_epochs: int = 200  # the learning rate halves every this many epochs ("halving")
     weight_decay: float = 1e-2  # AdamW's default decoupled weight decay
+    # > 0: validation, best.pt and prediction use an exponential moving average of the
+    # weights with this decay per step (organseg.weight_average); 0: the weights as trained.
+    weight_average: float = 0.0
     val_every: int = 15  # epochs between validations (and best-checkpoint updates)
     # Epochs between writes of last.pt (the last epoch is always written, and a SIGUSR1 or
     # SIGTERM writes one at the next step): a kill loses at most this many epochs.

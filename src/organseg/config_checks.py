@@ -145,6 +145,8 @@ def _stage_problems(name: str, stage: StageConfig) -> list[str]:
         problems.append(f"{name}.learning_rate must be in (0, 1), got {stage.learning_rate}")
     if stage.weight_decay < 0:
         problems.append(f"{name}.weight_decay must be >= 0, got {stage.weight_decay}")
+    if not 0 <= stage.weight_average < 1:
+        problems.append(f"{name}.weight_average must be in [0, 1), got {stage.weight_average}")
     return problems
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel
 
 from organseg.batches import Sampler
 from organseg.config import STAGES, Config, StageConfig
@@ -16,6 +17,7 @@ from organseg.distributed import ALONE, World
 from organseg.labels import LabelSet
 from organseg.nets.unet3d import UNet3D
 from organseg.prepared import PreparedCase
+from organseg.weight_average import weight_average
 
 
 @dataclass
@@ -37,6 +39,12 @@ class StageState:
     losses: list[torch.Tensor] = field(default_factory=list)  # theirs, left on the device
     epoch_streams: dict | None = None  # the random streams at the start of the epoch in progress
     micro_batches: int = 1  # pieces each batch is cut into: the setting, raised when a step runs out of memory
+    average: AveragedModel | None = None  # the weights' moving average (stageN.weight_average > 0)
+
+    @property
+    def predicting_model(self) -> torch.nn.Module:
+        """The network that validates and is saved as the model: the average when there is one."""
+        return self.model if self.average is None else self.average.module
 
 
 @dataclass(frozen=True)
@@ -98,7 +106,16 @@ def initial_state(run: StageRun) -> StageState:
     generator = torch.Generator().manual_seed(stream)
     scaler = torch.amp.GradScaler(run.device.type) if run.precision == "fp16" else None
     rng = np.random.default_rng(stream)
-    return StageState(model, optimizer, scheduler, rng, generator, scaler=scaler, micro_batches=run.stage.micro_batches)
+    return StageState(
+        model,
+        optimizer,
+        scheduler,
+        rng,
+        generator,
+        scaler=scaler,
+        micro_batches=run.stage.micro_batches,
+        average=weight_average(model, run.stage.weight_average),
+    )
 
 
 POLY_EXPONENT = 0.9

@@ -6,7 +6,9 @@ killed at any moment resumes with `--resume` exactly, losing at most the epochs 
 SIGUSR1 writes it at the next step, mid-epoch if need be; SIGTERM writes it and stops
 (organseg.stop_requests). Checkpoints are written by a background thread while training
 goes on (organseg.checkpoint.CheckpointWriter). `best.pt` is the checkpoint with the
-highest validation Dice (or the newest one when there is no validation case). One JSON
+highest validation Dice (or the newest one when there is no validation case). With
+`stageN.weight_average` the checkpoints' model is the weights' moving average, which is also
+what validates; last.pt keeps the trained weights beside it (organseg.weight_average). One JSON
 line per epoch goes to `log.jsonl`; `curve.png` shows loss and validation Dice.
 
 Each step is one optimiser step of `batch_size` samples, in as many micro-batches as the
@@ -213,7 +215,7 @@ def _validate_and_write(
     due = state.epoch % run.stage.val_every == 0 or state.epoch == run.stage.epochs
     paths = []
     if due and val_cases:
-        row.update(validate(run, state.model, val_cases))
+        row.update(validate(run, state.predicting_model, val_cases))
         if row["val_dice"] > state.best_metric:
             state.best_metric, state.best_epoch = row["val_dice"], state.epoch
             content.update(best_metric=state.best_metric, best_epoch=state.best_epoch)
@@ -258,7 +260,7 @@ def _content(run: StageRun, state: StageState, streams: list[dict]) -> dict:
         "epoch": state.epoch,
         "best_metric": state.best_metric,
         "best_epoch": state.best_epoch,
-        "model": state.model.state_dict(),
+        "model": state.predicting_model.state_dict(),
         "net": state.model.init_kwargs,
         "optimizer": state.optimizer.state_dict(),
         "scheduler": state.scheduler.state_dict(),
@@ -270,6 +272,8 @@ def _content(run: StageRun, state: StageState, streams: list[dict]) -> dict:
     }
     if state.scaler is not None:
         content["scaler"] = state.scaler.state_dict()
+    if state.average is not None:  # "model" holds the average; training goes on from these
+        content.update(trained_model=state.model.state_dict(), averaged_steps=int(state.average.n_averaged))
     if len(streams) > 1:
         content["rng_ranks"] = streams
     return content
@@ -281,7 +285,10 @@ def _random_state(state: StageState) -> dict:
 
 def _restore(run: StageRun, state: StageState, content: dict) -> None:
     """Load a checkpoint into `state`; each process takes its own random state when the checkpoint has it."""
-    state.model.load_state_dict(content["model"])
+    state.model.load_state_dict(content.get("trained_model", content["model"]))
+    if state.average is not None and "trained_model" in content:
+        state.average.module.load_state_dict(content["model"])
+        state.average.n_averaged.fill_(int(content["averaged_steps"]))
     state.optimizer.load_state_dict(content["optimizer"])
     state.scheduler.load_state_dict(content["scheduler"])
     if state.scaler is not None and "scaler" in content:

@@ -93,6 +93,8 @@ def _step(run: StageRun, state: StageState, batch: Batch) -> torch.Tensor:
     else:
         state.scaler.step(state.optimizer)  # skipped when a gradient overflowed; the scale then falls
         state.scaler.update()
+    if state.average is not None:
+        state.average.update_parameters(state.model)
     return loss
 
 
