@@ -19,8 +19,7 @@ from organseg.weight_average import average_rate, weight_average
 
 def _scalar_model(value: float) -> torch.nn.Linear:
     model = torch.nn.Linear(1, 1, bias=False)
-    with torch.no_grad():
-        model.weight.fill_(value)
+    _set(model, value)
     return model
 
 
@@ -37,8 +36,9 @@ def test_the_average_copies_first_then_warms_up_to_its_decay() -> None:
     _set(model, 0.0)
     average.update_parameters(model)  # rate min(0.5, 2/11)
     assert average.module.weight.item() == pytest.approx(4.0 * 2 / 11)
-    for updates in range(2, 20):
-        assert average_rate(0.5, updates) == min(0.5, (1 + updates) / (10 + updates))
+    # By hand: (1 + n) / (10 + n) is 3/12 at n = 2, 8/17 at 7, and 9/18 = 0.5 at 8.
+    assert average_rate(0.5, 2) == pytest.approx(0.25) and average_rate(0.5, 7) == pytest.approx(8 / 17)
+    assert average_rate(0.5, 8) == 0.5 and average_rate(0.5, 30) == 0.5
     before = average.module.weight.item()
     for _ in range(9):  # rates 3/12 ... 0.5, the decay reached at 8 updates (9/18)
         average.update_parameters(model)
